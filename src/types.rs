@@ -1,0 +1,268 @@
+//! Plain data shared by every layer: message IDs, the SMTP envelope, per-recipient
+//! delivery status and SMTP replies. No I/O and no policy here.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Unique, time-sortable message identifier (a ULID). Safe to log: it names no person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub ulid::Ulid);
+
+impl MessageId {
+    pub fn new() -> Self {
+        MessageId(ulid::Ulid::new())
+    }
+    /// Milliseconds since the Unix epoch at which the ID was minted.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.0.timestamp_ms()
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(MessageId)
+    }
+}
+
+/// RFC 3461 `RET` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsnRet {
+    Full,
+    Hdrs,
+}
+
+/// RFC 6152 / RFC 1652 `BODY` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyType {
+    #[default]
+    SevenBit,
+    EightBitMime,
+}
+
+/// Parameters given on `MAIL FROM`, kept with the envelope for delivery and DSNs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailParams {
+    pub size: Option<u64>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub ret: Option<DsnRet>,
+    /// RFC 3461 ENVID, decoded from xtext.
+    pub envid: Option<String>,
+    /// RFC 8689: the sender demands verified TLS on every onward hop.
+    pub requiretls: bool,
+}
+
+/// RFC 3461 `NOTIFY` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Notify {
+    pub never: bool,
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    /// What applies when the client gave no NOTIFY (RFC 3461 §4.1: failure and, at the
+    /// MTA's choice, delay).
+    pub fn default_when_absent() -> Self {
+        Notify {
+            never: false,
+            success: false,
+            failure: true,
+            delay: true,
+        }
+    }
+}
+
+/// One envelope recipient with its RFC 3461 parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub notify: Option<Notify>,
+    /// RFC 3461 ORCPT as (address type, decoded address).
+    pub orcpt: Option<(String, String)>,
+}
+
+impl Recipient {
+    pub fn new(address: impl Into<String>) -> Self {
+        Recipient {
+            address: address.into(),
+            notify: None,
+            orcpt: None,
+        }
+    }
+
+    /// The domain part, lower-cased; empty for an address without one.
+    pub fn domain(&self) -> String {
+        domain_of(&self.address)
+    }
+}
+
+/// Lower-cased domain of `local@domain`, or an empty string.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// How the submitting client was authorised to relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "identity", rename_all = "kebab-case")]
+pub enum AuthIdentity {
+    /// SMTP AUTH with the users file.
+    Password(String),
+    /// A verified TLS client certificate: subject CN (or fingerprint when no CN).
+    ClientCert(String),
+    /// Source address in `auth.allow_networks`.
+    Ip(String),
+}
+
+impl fmt::Display for AuthIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthIdentity::Password(u) => write!(f, "password:{u}"),
+            AuthIdentity::ClientCert(c) => write!(f, "client-cert:{c}"),
+            AuthIdentity::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// Facts about the inbound TLS session, for the Received header and the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    /// SHA-256 of the client certificate, hex, if one was presented and verified.
+    pub client_cert_sha256: Option<String>,
+}
+
+/// The SMTP envelope of one accepted message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Reverse path; empty string is the null sender `<>`.
+    pub mail_from: String,
+    pub params: MailParams,
+    pub recipients: Vec<Recipient>,
+    pub helo: String,
+    pub peer_ip: String,
+    pub listener: String,
+    pub auth: Option<AuthIdentity>,
+    pub tls: Option<TlsInfo>,
+    /// Unix seconds at which the message was received.
+    pub received_at: u64,
+}
+
+/// Per-recipient delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Status {
+    Queued,
+    InFlight,
+    Deferred { next_attempt: u64, reason: String },
+    Delivered { reply: String },
+    Bounced { reason: String },
+    Expired { reason: String },
+    Quarantined { rule: String },
+}
+
+impl Status {
+    /// True when nothing more will happen to this recipient.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Status::Delivered { .. } | Status::Bounced { .. } | Status::Expired { .. }
+        )
+    }
+}
+
+/// An SMTP reply: code, RFC 3463 enhanced status code, and text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: String,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            enhanced: enhanced.to_string(),
+            text: text.into(),
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.enhanced.is_empty() {
+            write!(f, "{} {}", self.code, self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+        }
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_round_trips_and_sorts() {
+        let a = MessageId::new();
+        let b: MessageId = a.to_string().parse().expect("parse");
+        assert_eq!(a, b);
+        assert_eq!(a.to_string().len(), 26);
+    }
+
+    #[test]
+    fn domain_is_lowercased() {
+        assert_eq!(domain_of("Jo@Example.ORG"), "example.org");
+        assert_eq!(domain_of("nodomain"), "");
+    }
+
+    #[test]
+    fn reply_display() {
+        let r = Reply::new(250, "2.0.0", "Ok");
+        assert_eq!(r.to_string(), "250 2.0.0 Ok");
+        assert!(r.is_positive() && !r.is_transient());
+    }
+}
