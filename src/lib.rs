@@ -2,10 +2,19 @@
 //!
 //! Layers (a module only uses modules from layers below it):
 //! - L0 `config`, `types`, `smtp::proto`
-//! - L1 `tls`, `message`, `dlp`, `policy`, `spool`, `audit`, `dns`
+//! - L1 `tls`, `auth`, `sandbox` (and, as they land, `message`, `dlp`, `policy`, `spool`, `audit`, `dns`)
 //! - L2 `delivery`, `queue`
 //! - L3 `pipeline`, `smtp::session`, `listener`
 //! - L4 `server`
 //! - L5 `cli`
 
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod listener;
+pub mod pipeline;
+pub mod sandbox;
+pub mod server;
+pub mod smtp;
+pub mod tls;
 pub mod types;

@@ -1,0 +1,138 @@
+//! Command line: `phigate serve | check-config | user ...`. Every command takes
+//! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
+
+mod user;
+
+use crate::config::{self, Config};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phigate",
+    version,
+    about = "TLS-only SMTP relay gateway for mail carrying protected health information"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH, env = "PHIGATE_CONFIG")]
+    pub config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log level filter (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Use the sandbox configuration built into the binary (listeners on 127.0.0.1,
+        /// self-signed certificate and data under ./var, nothing is ever sent).
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Check the configuration and the files it names, then print a one-line summary.
+    CheckConfig,
+    /// Manage SMTP AUTH users (passwords are read from stdin or a prompt, never arguments).
+    User {
+        #[command(subcommand)]
+        action: user::UserAction,
+    },
+}
+
+/// Errors a command reports: one line, then a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Server(#[from] crate::server::ServerError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 2,
+            CliError::Usage(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phigate: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Serve { sandbox } => {
+            init_logging(&cli);
+            let (cfg, path) = if *sandbox {
+                let cfg = Config::from_str(config::SANDBOX_TOML, "(embedded sandbox.toml)")?;
+                (cfg, None)
+            } else {
+                // Parse fully (files are checked by the server after first-run setup).
+                let text = std::fs::read_to_string(&cli.config).map_err(|source| {
+                    config::ConfigError::Read {
+                        file: cli.config.display().to_string(),
+                        source,
+                    }
+                })?;
+                (
+                    Config::from_str(&text, &cli.config.display().to_string())?,
+                    Some(cli.config.clone()),
+                )
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::server::run(cfg, path))?;
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let cfg = Config::load(&cli.config)?;
+            println!("{}", cfg.summary());
+            Ok(())
+        }
+        Command::User { action } => user::run(&cli.config, action),
+    }
+}

@@ -1,0 +1,633 @@
+//! Configuration: TOML text → typed structs (`from_str`) → file + path checks (`load`, `validate`).
+//!
+//! Every error names the file and the key (`listener[0].tls`) so an admin can fix it
+//! without reading source code.
+
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where phigate looks for its configuration unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/phigate/phigate.toml";
+
+/// The sandbox configuration compiled into the binary (`phigate serve --sandbox`).
+pub const SANDBOX_TOML: &str = include_str!("../conf/sandbox.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: key `{key}`{line}: {message}")]
+    Parse {
+        file: String,
+        key: String,
+        line: LineNo,
+        message: String,
+    },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Optional " (line N)" suffix for parse errors.
+#[derive(Debug, Clone, Copy)]
+pub struct LineNo(pub Option<usize>);
+
+impl fmt::Display for LineNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, " (line {n})"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// The file this came from, for error messages and relative reloads.
+    #[serde(skip)]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Name used in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: ByteSize,
+    #[serde(default = "defaults::max_recipients")]
+    pub max_recipients: usize,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Waiting for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    #[serde(default = "defaults::command_timeout")]
+    pub command_timeout: Seconds,
+    /// Waiting for each block of DATA/BDAT content (§4.5.3.2.6: 3 minutes).
+    #[serde(default = "defaults::data_timeout")]
+    pub data_timeout: Seconds,
+    #[serde(default = "defaults::tls_handshake_timeout")]
+    pub tls_handshake_timeout: Seconds,
+    /// How long sessions in flight may run after SIGTERM before they are cut.
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: Seconds,
+    /// Unix socket the CLI uses to talk to the running daemon.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (RFC 8314, port 465 style).
+    Implicit,
+    /// Plaintext greeting, STARTTLS mandatory before anything that carries data.
+    Starttls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    Password,
+    ClientCert,
+    Ip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: TlsMode,
+    pub auth: Vec<AuthMethod>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V12,
+    #[serde(rename = "1.3")]
+    V13,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default = "defaults::min_version")]
+    pub min_version: TlsVersion,
+    /// Create a self-signed certificate at `cert`/`key` when they are missing (sandbox only).
+    #[serde(default)]
+    pub generate_self_signed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_networks: Vec<Cidr>,
+    /// Subject CNs or `sha256:<hex>` fingerprints; empty = any cert chaining to `tls.client_ca`.
+    #[serde(default)]
+    pub client_cert_allow: Vec<String>,
+    /// Failed AUTH attempts from one IP before it is cut off.
+    #[serde(default = "defaults::max_auth_failures")]
+    pub max_failures: u32,
+    /// How long an IP stays cut off after too many failures.
+    #[serde(default = "defaults::auth_lockout")]
+    pub lockout: Seconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Write each accepted message to `data_dir/sandbox/` and never send it anywhere.
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// DLP and recipient policy file; none = accept everything authorised.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+mod defaults {
+    use super::*;
+    pub fn max_message_size() -> ByteSize {
+        ByteSize(25 * 1024 * 1024)
+    }
+    pub fn max_recipients() -> usize {
+        100
+    }
+    pub fn max_connections() -> usize {
+        1000
+    }
+    pub fn max_connections_per_ip() -> usize {
+        50
+    }
+    pub fn command_timeout() -> Seconds {
+        Seconds(300)
+    }
+    pub fn data_timeout() -> Seconds {
+        Seconds(180)
+    }
+    pub fn tls_handshake_timeout() -> Seconds {
+        Seconds(30)
+    }
+    pub fn shutdown_grace() -> Seconds {
+        Seconds(30)
+    }
+    pub fn min_version() -> TlsVersion {
+        TlsVersion::V12
+    }
+    pub fn max_auth_failures() -> u32 {
+        5
+    }
+    pub fn auth_lockout() -> Seconds {
+        Seconds(900)
+    }
+}
+
+/// A duration written as `90`, `"90s"`, `"5m"`, `"2h"` or `"5d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(self.0)
+    }
+}
+
+impl std::str::FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 30s, 5m, 2h or 5d"))?;
+        let mult = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+        };
+        Ok(Seconds(n.saturating_mul(mult)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumOrStr::<Seconds>::new(
+            "a duration like 30s, 5m, 2h or 5d",
+        ))
+    }
+}
+
+/// A size written as bytes (`1048576`) or with a suffix (`"512K"`, `"25M"`, `"1G"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 1048576, 512K or 25M"))?;
+        let mult = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "K" | "KB" | "KIB" => 1024,
+            "M" | "MB" | "MIB" => 1024 * 1024,
+            "G" | "GB" | "GIB" => 1024 * 1024 * 1024,
+            _ => return Err(format!("`{s}`: unit must be K, M or G")),
+        };
+        Ok(ByteSize(n.saturating_mul(mult)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumOrStr::<ByteSize>::new(
+            "a size like 1048576, 512K or 25M",
+        ))
+    }
+}
+
+/// Serde visitor for values that may be written as a bare integer or a string with a unit.
+struct NumOrStr<T> {
+    expecting: &'static str,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> NumOrStr<T> {
+    fn new(expecting: &'static str) -> Self {
+        NumOrStr {
+            expecting,
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: std::str::FromStr<Err = String>> de::Visitor<'_> for NumOrStr<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        if v < 0 {
+            return Err(E::custom("must not be negative"));
+        }
+        v.to_string().parse().map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        v.to_string().parse().map_err(E::custom)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse().map_err(E::custom)
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare address means a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client reaching a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Cidr(ipnet::IpNet::from(ip)));
+        }
+        Err(de::Error::custom(format!(
+            "`{s}` is not a network in CIDR notation such as 10.0.0.0/8 or ::1/128"
+        )))
+    }
+}
+
+impl Config {
+    /// Parse TOML text. `file` only labels errors.
+    pub fn from_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| line_of(text, s.start));
+            ConfigError::Parse {
+                file: file.to_string(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                line: LineNo(line),
+                message: inner.message().to_string(),
+            }
+        })?;
+        cfg.source = file.to_string();
+        cfg.check_structure()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate the file at `path`, including the files it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let cfg = Config::from_str(&text, &file)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The embedded sandbox configuration, validated.
+    pub fn sandbox() -> Result<Config, ConfigError> {
+        let cfg = Config::from_str(SANDBOX_TOML, "(embedded sandbox.toml)")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks that need no file system access.
+    fn check_structure(&self) -> Result<(), ConfigError> {
+        if self.server.hostname.trim().is_empty() {
+            return Err(self.invalid("server.hostname", "must not be empty"));
+        }
+        if self.listeners.is_empty() {
+            return Err(self.invalid("listener", "at least one [[listener]] is required"));
+        }
+        if self.server.max_recipients == 0 {
+            return Err(self.invalid("server.max_recipients", "must be at least 1"));
+        }
+        if self.server.max_connections == 0 || self.server.max_connections_per_ip == 0 {
+            return Err(self.invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.max_message_size.0 < 1024 {
+            return Err(self.invalid("server.max_message_size", "must be at least 1K"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            if l.name.is_empty() || !names.insert(l.name.clone()) {
+                return Err(self.invalid(key("name"), "must be present and unique"));
+            }
+            if l.auth.is_empty() {
+                return Err(self.invalid(
+                    key("auth"),
+                    "needs at least one of \"password\", \"client-cert\", \"ip\" (phigate is never an open relay)",
+                ));
+            }
+            for m in &l.auth {
+                match m {
+                    AuthMethod::Password if self.auth.users_file.is_none() => {
+                        return Err(self.invalid(key("auth"), "\"password\" needs auth.users_file"))
+                    }
+                    AuthMethod::ClientCert if self.tls.client_ca.is_none() => {
+                        return Err(self.invalid(key("auth"), "\"client-cert\" needs tls.client_ca"))
+                    }
+                    AuthMethod::Ip if self.auth.allow_networks.is_empty() => {
+                        return Err(self.invalid(key("auth"), "\"ip\" needs auth.allow_networks"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks against the file system: certificates, keys and the users file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_structure()?;
+        let generated = self.tls.generate_self_signed;
+        if !generated || self.tls.cert.exists() {
+            self.check_pem("tls.cert", &self.tls.cert, "CERTIFICATE")?;
+        }
+        if !generated || self.tls.key.exists() {
+            self.check_pem("tls.key", &self.tls.key, "PRIVATE KEY")?;
+        }
+        if let Some(ca) = &self.tls.client_ca {
+            self.check_pem("tls.client_ca", ca, "CERTIFICATE")?;
+        }
+        if let Some(users) = &self.auth.users_file {
+            // A missing users file is an empty one (created by `phigate user add`), but an
+            // unreadable one is a mistake worth stopping for.
+            if users.exists() {
+                std::fs::read(users).map_err(|e| {
+                    self.invalid("auth.users_file", format!("{}: {e}", users.display()))
+                })?;
+            }
+        }
+        if let Some(p) = &self.policy.file {
+            if !p.exists() {
+                return Err(self.invalid("policy.file", format!("{}: no such file", p.display())));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_pem(&self, key: &str, path: &Path, label: &str) -> Result<(), ConfigError> {
+        let text = std::fs::read(path)
+            .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        let text = String::from_utf8_lossy(&text);
+        if !text.contains(&format!("{label}-----")) {
+            return Err(self.invalid(key, format!("{} holds no PEM {label}", path.display())));
+        }
+        Ok(())
+    }
+
+    /// Where sandbox deliveries are written.
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.server.data_dir.join("sandbox")
+    }
+
+    /// One-line summary for `check-config`.
+    pub fn summary(&self) -> String {
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {} {}",
+                    l.name,
+                    l.addr,
+                    match l.tls {
+                        TlsMode::Implicit => "implicit-tls",
+                        TlsMode::Starttls => "starttls",
+                    }
+                )
+            })
+            .collect();
+        format!(
+            "{}: ok: hostname {}, {} listener(s) [{}], delivery {:?}, data_dir {}",
+            self.source,
+            self.server.hostname,
+            self.listeners.len(),
+            listeners.join(", "),
+            self.delivery.mode,
+            self.server.data_dir.display()
+        )
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+hostname = "gw.example.org"
+data_dir = "/tmp/x"
+[[listener]]
+name = "smtps"
+addr = "127.0.0.1:4650"
+tls = "implicit"
+auth = ["ip"]
+[tls]
+cert = "c.pem"
+key = "k.pem"
+[auth]
+allow_networks = ["127.0.0.0/8", "::1"]
+[delivery]
+mode = "sandbox"
+"#;
+
+    #[test]
+    fn minimal_parses_with_defaults() {
+        let c = Config::from_str(MINIMAL, "t.toml").expect("parse");
+        assert_eq!(c.server.max_recipients, 100);
+        assert_eq!(c.server.command_timeout, Seconds(300));
+        assert!(c.auth.allow_networks[1].contains("::1".parse().unwrap()));
+        assert!(c.auth.allow_networks[0].contains("::ffff:127.0.0.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_file_and_line() {
+        let text = MINIMAL
+            .replace("max_x = 1\n", "")
+            .replace("[delivery]\nmode", "[delivery]\nbogus = 1\nmode");
+        let err = Config::from_str(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("t.toml"), "{err}");
+        assert!(err.contains("delivery"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_cidr_names_the_key() {
+        let text = MINIMAL.replace("\"::1\"", "\"10.0.0.0/33\"");
+        let err = Config::from_str(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("auth.allow_networks[1]"), "{err}");
+        assert!(err.contains("CIDR"), "{err}");
+    }
+
+    #[test]
+    fn listener_without_tls_mode_is_refused() {
+        let text = MINIMAL.replace("tls = \"implicit\"\n", "");
+        let err = Config::from_str(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("listener[0]"), "{err}");
+        assert!(err.contains("tls"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_tls_mode_is_refused() {
+        let text = MINIMAL.replace("tls = \"implicit\"", "tls = \"none\"");
+        let err = Config::from_str(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("listener[0].tls"), "{err}");
+    }
+
+    #[test]
+    fn password_auth_needs_users_file() {
+        let text = MINIMAL.replace("auth = [\"ip\"]", "auth = [\"password\"]");
+        let err = Config::from_str(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("listener[0].auth"), "{err}");
+        assert!(err.contains("users_file"), "{err}");
+    }
+
+    #[test]
+    fn missing_cert_file_is_named() {
+        let c = Config::from_str(MINIMAL, "t.toml").expect("parse");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("tls.cert") && err.contains("c.pem"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!("5m".parse::<Seconds>(), Ok(Seconds(300)));
+        assert_eq!("2d".parse::<Seconds>(), Ok(Seconds(172800)));
+        assert!("5x".parse::<Seconds>().is_err());
+        assert_eq!("25M".parse::<ByteSize>(), Ok(ByteSize(25 << 20)));
+        assert!("M".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn embedded_sandbox_parses() {
+        Config::from_str(SANDBOX_TOML, "sandbox").expect("sandbox config parses");
+    }
+}

@@ -1,0 +1,228 @@
+//! Wiring: build every service from the configuration, bind the listeners, tell systemd
+//! we are ready, and turn signals into reloads and a graceful shutdown.
+
+use crate::auth::{FailureLimiter, Users};
+use crate::config::{Config, ConfigError, DeliveryMode};
+use crate::listener::{self, ConnLimits, ListenerCtx};
+use crate::pipeline::{Handoff, Pipeline};
+use crate::sandbox::Sandbox;
+use crate::smtp::session::{ListenerInfo, Shared};
+use crate::tls::server::{ensure_self_signed, ServerTls, TlsError};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener `{name}` cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signals: {0}")]
+    Signal(std::io::Error),
+}
+
+/// What a signal asks the server to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: re-read the configuration, certificates and users.
+    Reload,
+    /// SIGTERM / SIGINT: stop accepting, let sessions finish, exit.
+    Shutdown,
+}
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, ServerError> {
+        let s = |k| signal(k).map_err(ServerError::Signal);
+        Ok(Signals {
+            hup: s(SignalKind::hangup())?,
+            term: s(SignalKind::terminate())?,
+            int: s(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.term.recv() => Signal::Shutdown,
+            _ = self.int.recv() => Signal::Shutdown,
+        }
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| ServerError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Run until SIGTERM/SIGINT. `config_path` is re-read on SIGHUP (None for the embedded
+/// sandbox configuration, which has nothing to re-read but certificates and users).
+pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
+    create_private_dir(&cfg.server.data_dir)?;
+    if ensure_self_signed(&cfg.tls, &cfg.server.hostname)? {
+        info!(cert = %cfg.tls.cert.display(), "generated a self-signed certificate");
+    }
+    cfg.validate()?;
+    let tls = ServerTls::new(&cfg.tls)?;
+    let users = Arc::new(RwLock::new(Arc::new(load_users(&cfg)?)));
+    let handoff: Arc<dyn Handoff> = match cfg.delivery.mode {
+        DeliveryMode::Sandbox => Arc::new(Pipeline::sandbox(Sandbox::new(cfg.sandbox_dir()))),
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        hostname: cfg.server.hostname.clone(),
+        max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
+        max_recipients: cfg.server.max_recipients,
+        command_timeout: cfg.server.command_timeout.duration(),
+        data_timeout: cfg.server.data_timeout.duration(),
+        users: users.clone(),
+        limiter: Arc::new(FailureLimiter::new(
+            cfg.auth.max_failures,
+            cfg.auth.lockout.duration(),
+        )),
+        allow_networks: cfg.auth.allow_networks.clone(),
+        client_cert_allow: cfg.auth.client_cert_allow.clone(),
+        handoff,
+        shutdown: shutdown_rx.clone(),
+    });
+    let limits = ConnLimits::new(
+        cfg.server.max_connections,
+        cfg.server.max_connections_per_ip,
+    );
+    let tracker = TaskTracker::new();
+    let mut signals = Signals::new()?;
+
+    // Bind everything before starting anything, so a bad address fails the whole start.
+    let mut bound = Vec::new();
+    for l in &cfg.listeners {
+        let tcp = TcpListener::bind(l.addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                name: l.name.clone(),
+                addr: l.addr.to_string(),
+                source,
+            })?;
+        bound.push((l, tcp));
+    }
+    let mut accept_tasks = Vec::new();
+    for (l, tcp) in bound {
+        let ctx = ListenerCtx {
+            info: Arc::new(ListenerInfo {
+                name: l.name.clone(),
+                mode: l.tls,
+                auth: l.auth.clone(),
+            }),
+            shared: shared.clone(),
+            tls: tls.clone(),
+            limits: limits.clone(),
+            handshake_timeout: cfg.server.tls_handshake_timeout.duration(),
+            tracker: tracker.clone(),
+        };
+        info!(listener = %l.name, addr = %l.addr, tls = ?l.tls, "listening");
+        accept_tasks.push(tokio::spawn(listener::run(tcp, ctx, shutdown_rx.clone())));
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    info!(version = env!("CARGO_PKG_VERSION"), "phigate ready");
+
+    let mut current = cfg;
+    // Every signal other than Reload means shut down.
+    while let Signal::Reload = signals.next().await {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        match reload(&current, config_path.as_deref(), &tls, &users) {
+            Ok(new) => {
+                info!("configuration reloaded (certificates, users)");
+                current = new;
+            }
+            Err(e) => error!(error = %e, "reload refused, previous configuration stays active"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+
+    info!(
+        grace_secs = current.server.shutdown_grace.0,
+        "shutting down"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = shutdown_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(current.server.shutdown_grace.duration(), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("grace period over, closing remaining sessions");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn load_users(cfg: &Config) -> Result<Users, ServerError> {
+    Ok(match &cfg.auth.users_file {
+        Some(p) => Users::load(p)?,
+        None => Users::default(),
+    })
+}
+
+/// Re-read what can change without a restart. Any error leaves everything as it was.
+fn reload(
+    current: &Config,
+    path: Option<&std::path::Path>,
+    tls: &ServerTls,
+    users: &Arc<RwLock<Arc<Users>>>,
+) -> Result<Config, ServerError> {
+    let new = match path {
+        Some(p) => Config::load(p)?,
+        None => current.clone(),
+    };
+    let new_users = load_users(&new)?;
+    tls.reload(&new.tls)?;
+    *users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_users);
+    let restart_needed = new.listeners.len() != current.listeners.len()
+        || new
+            .listeners
+            .iter()
+            .zip(&current.listeners)
+            .any(|(a, b)| a.addr != b.addr || a.tls != b.tls || a.auth != b.auth);
+    if restart_needed {
+        warn!("listener changes need a restart to take effect");
+    }
+    Ok(new)
+}

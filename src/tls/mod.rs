@@ -1,0 +1,4 @@
+//! TLS: the inbound server configuration (with reload) and, for delivery, the
+//! outbound verifiers.
+
+pub mod server;
