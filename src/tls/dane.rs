@@ -224,14 +224,10 @@ struct TaCheck<'a> {
 impl TaCheck<'_> {
     /// Verifies the chain from the leaf to `anchor`; returns the anchor's depth.
     fn verify(&self, anchor: Anchor<'_>) -> Result<usize, DaneError> {
-        let (anchors, path_len_limit) = match anchor {
-            Anchor::Cert(cert) => {
-                let limit = check_ta_certificate(cert, self.now)?;
-                let ta = webpki::anchor_from_trusted_cert(cert)
-                    .map_err(|e| DaneError::ChainInvalid(format!("trust anchor: {e:?}")))?;
-                (vec![ta], limit)
-            }
-            Anchor::Spki(spki) => (spki_anchors(spki, self.chain)?, None),
+        let anchors = match &anchor {
+            Anchor::Cert(cert) => vec![webpki::anchor_from_trusted_cert(cert)
+                .map_err(|e| DaneError::ChainInvalid(format!("trust anchor: {e:?}")))?],
+            Anchor::Spki(spki) => spki_anchors(spki, self.chain)?,
         };
 
         let leaf = self.chain.first().ok_or(DaneError::EmptyChain)?;
@@ -253,6 +249,12 @@ impl TaCheck<'_> {
                 other => DaneError::ChainInvalid(format!("{other:?}")),
             })?;
         let intermediates = path.intermediate_certificates().count();
+        // Only now is the anchor known to sign this chain, so its own checks come second
+        // (an unrelated record is "no match", not "bad anchor").
+        let path_len_limit = match anchor {
+            Anchor::Cert(cert) => check_ta_certificate(cert, self.now)?,
+            Anchor::Spki(_) => None,
+        };
         // webpki trust anchors carry no basic constraints, so apply the TA's own limit here.
         if path_len_limit.is_some_and(|limit| intermediates > limit) {
             return Err(DaneError::ChainInvalid(
