@@ -455,3 +455,296 @@ impl ServerCertVerifier for DaneVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::peer_verify::test_handshake::{handshake, server_config};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    struct Issuer {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl Issuer {
+        fn der(&self) -> CertificateDer<'static> {
+            self.cert.der().clone()
+        }
+    }
+
+    fn params(names: &[&str], common_name: &str, expired: bool) -> CertificateParams {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        params
+    }
+
+    /// A CA certificate; self-signed when `parent` is `None`.
+    fn ca(name: &str, parent: Option<&Issuer>, path_len: Option<u8>, expired: bool) -> Issuer {
+        let key = KeyPair::generate().expect("key");
+        let mut p = params(&[], name, expired);
+        p.is_ca = IsCa::Ca(match path_len {
+            Some(n) => BasicConstraints::Constrained(n),
+            None => BasicConstraints::Unconstrained,
+        });
+        let cert = match parent {
+            Some(parent) => p.signed_by(&key, &parent.cert, &parent.key),
+            None => p.self_signed(&key),
+        }
+        .expect("CA cert");
+        Issuer { cert, key }
+    }
+
+    fn leaf(names: &[&str], issuer: &Issuer, expired: bool) -> (CertificateDer<'static>, KeyPair) {
+        let key = KeyPair::generate().expect("key");
+        let cert = params(names, "leaf", expired)
+            .signed_by(&key, &issuer.cert, &issuer.key)
+            .expect("leaf cert");
+        (cert.der().clone(), key)
+    }
+
+    /// "usage 1 1" record: SHA-256 of the key's SubjectPublicKeyInfo.
+    fn spki_sha256(usage: u8, key: &KeyPair) -> Tlsa {
+        Tlsa {
+            usage,
+            selector: 1,
+            matching: 1,
+            data: Sha256::digest(key.public_key_der()).to_vec(),
+        }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["mx.example.com".into(), "example.com".into()]
+    }
+
+    fn check(tlsa: &[Tlsa], chain: &[CertificateDer<'_>]) -> DaneResult {
+        match_chain(tlsa, chain, &names(), UnixTime::now())
+    }
+
+    #[test]
+    fn dane_ta_anchor_at_private_intermediate() {
+        let root = ca("root", None, None, false);
+        let intermediate = ca("private intermediate", Some(&root), None, false);
+        let (leaf, _) = leaf(&["mx.example.com"], &intermediate, false);
+        // The root is neither sent nor trusted: the intermediate is the anchor.
+        let found = check(
+            &[spki_sha256(2, &intermediate.key)],
+            &[leaf, intermediate.der()],
+        )
+        .expect("DANE-TA match");
+        assert_eq!((found.method, found.depth), (DaneMethod::DaneTa, 1));
+        assert_eq!(found.method.as_str(), "dane-ta");
+    }
+
+    #[test]
+    fn dane_ta_expired_intermediate_fails() {
+        let root = ca("root", None, None, false);
+        let intermediate = ca("expired intermediate", Some(&root), None, true);
+        let (leaf, _) = leaf(&["mx.example.com"], &intermediate, false);
+        let chain = [leaf, intermediate.der(), root.der()];
+        let result = check(&[spki_sha256(2, &root.key)], &chain);
+        assert!(
+            matches!(result, Err(DaneError::ChainInvalid(ref why)) if why.contains("Expired")),
+            "{result:?}"
+        );
+        // Anchoring at the expired intermediate itself fails too.
+        let result = check(&[spki_sha256(2, &intermediate.key)], &chain);
+        assert!(
+            matches!(result, Err(DaneError::ChainInvalid(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn dane_ta_expired_leaf_fails() {
+        let root = ca("root", None, None, false);
+        let (leaf, _) = leaf(&["mx.example.com"], &root, true);
+        let result = check(&[spki_sha256(2, &root.key)], &[leaf, root.der()]);
+        assert!(
+            matches!(result, Err(DaneError::ChainInvalid(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn dane_ta_path_length_violated_below_anchor_fails() {
+        let root = ca("root", None, None, false);
+        let limited = ca("limited", Some(&root), Some(0), false);
+        let sub = ca("sub", Some(&limited), None, false);
+        let (leaf, _) = leaf(&["mx.example.com"], &sub, false);
+        let chain = [leaf, sub.der(), limited.der(), root.der()];
+        let result = check(&[spki_sha256(2, &root.key)], &chain);
+        assert!(
+            matches!(result, Err(DaneError::ChainInvalid(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn dane_ta_anchor_own_path_length_is_enforced() {
+        let root = ca("root", None, None, false);
+        let anchor = ca("anchor", Some(&root), Some(0), false);
+        let sub = ca("sub", Some(&anchor), None, false);
+        let (leaf_cert, _) = leaf(&["mx.example.com"], &sub, false);
+        let chain = [leaf_cert, sub.der(), anchor.der()];
+        // Full-certificate record: the anchor's pathLenConstraint 0 forbids `sub`.
+        let by_cert = Tlsa {
+            usage: 2,
+            selector: 0,
+            matching: 1,
+            data: Sha256::digest(anchor.der()).to_vec(),
+        };
+        let result = check(&[by_cert], &chain);
+        assert!(
+            matches!(result, Err(DaneError::ChainInvalid(ref why)) if why.contains("path length")),
+            "{result:?}"
+        );
+        // Control: the same anchor with a leaf directly below it is fine.
+        let (direct_leaf, _) = leaf(&["mx.example.com"], &anchor, false);
+        let ok = check(&[spki_sha256(2, &anchor.key)], &[direct_leaf, anchor.der()]);
+        assert_eq!(ok.map(|m| m.depth), Ok(1));
+    }
+
+    #[test]
+    fn dane_ta_name_must_be_tlsa_base_or_next_hop() {
+        let root = ca("root", None, None, false);
+        let record = [spki_sha256(2, &root.key)];
+
+        let (other, _) = leaf(&["mail.attacker.example"], &root, false);
+        assert_eq!(
+            check(&record, &[other, root.der()]),
+            Err(DaneError::NameMismatch)
+        );
+
+        let (base, _) = leaf(&["mx.example.com"], &root, false);
+        assert!(check(&record, &[base, root.der()]).is_ok());
+
+        let (next_hop, _) = leaf(&["example.com"], &root, false);
+        assert!(check(&record, &[next_hop, root.der()]).is_ok());
+    }
+
+    #[test]
+    fn dane_ee_ignores_name_and_expiry() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, leaf_key) = leaf(&["unrelated.invalid"], &root, true);
+        let found = check(&[spki_sha256(3, &leaf_key)], &[leaf_cert]).expect("DANE-EE match");
+        assert_eq!((found.method, found.depth), (DaneMethod::DaneEe, 0));
+        assert_eq!(found.method.as_str(), "dane-ee");
+    }
+
+    #[test]
+    fn dane_ee_mismatch_fails() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, _) = leaf(&["mx.example.com"], &root, false);
+        let other = KeyPair::generate().expect("key");
+        assert_eq!(
+            check(&[spki_sha256(3, &other)], &[leaf_cert, root.der()]),
+            Err(DaneError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn dane_ta_never_matches_the_leaf() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, leaf_key) = leaf(&["mx.example.com"], &root, false);
+        assert_eq!(
+            check(&[spki_sha256(2, &leaf_key)], &[leaf_cert, root.der()]),
+            Err(DaneError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn matched_record_index_points_at_the_usable_record() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, leaf_key) = leaf(&["mx.example.com"], &root, false);
+        let pkix_ee = spki_sha256(1, &leaf_key);
+        let records = [pkix_ee, spki_sha256(3, &leaf_key)];
+        assert_eq!(check(&records, &[leaf_cert]).map(|m| m.record_index), Ok(1));
+    }
+
+    #[test]
+    fn only_unusable_records() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, leaf_key) = leaf(&["mx.example.com"], &root, false);
+        let records = vec![spki_sha256(0, &root.key), spki_sha256(1, &leaf_key)];
+        assert_eq!(
+            check(&records, &[leaf_cert]),
+            Err(DaneError::NoUsableRecords)
+        );
+        assert!(matches!(
+            DaneVerifier::new(records, names()),
+            Err(DaneError::NoUsableRecords)
+        ));
+    }
+
+    #[test]
+    fn usability_rules() {
+        let record = |usage, selector, matching, len| Tlsa {
+            usage,
+            selector,
+            matching,
+            data: vec![0; len],
+        };
+        assert!(record(3, 1, 1, 32).is_usable());
+        assert!(record(2, 0, 2, 64).is_usable());
+        assert!(record(2, 1, 0, 91).is_usable());
+        assert!(!record(3, 1, 1, 31).is_usable());
+        assert!(!record(3, 2, 1, 32).is_usable());
+        assert!(!record(3, 1, 3, 32).is_usable());
+        assert!(!record(3, 1, 0, 0).is_usable());
+        assert!(!record(4, 1, 1, 32).is_usable());
+    }
+
+    #[tokio::test]
+    async fn verifier_handshake_records_dane_ee() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, leaf_key) = leaf(&["mx.example.com"], &root, false);
+        let verifier =
+            Arc::new(DaneVerifier::new(vec![spki_sha256(3, &leaf_key)], names()).expect("usable"));
+        let server = server_config(vec![leaf_cert], &leaf_key);
+        assert_eq!(
+            handshake(server, verifier.clone(), "mx.example.com").await,
+            Ok(())
+        );
+        let found = verifier.matched().expect("recorded match");
+        assert_eq!((found.method, found.depth), (DaneMethod::DaneEe, 0));
+    }
+
+    #[tokio::test]
+    async fn verifier_handshake_dane_ta_chain() {
+        let root = ca("root", None, None, false);
+        let intermediate = ca("intermediate", Some(&root), None, false);
+        let (leaf_cert, leaf_key) = leaf(&["mx.example.com"], &intermediate, false);
+        let verifier =
+            Arc::new(DaneVerifier::new(vec![spki_sha256(2, &root.key)], names()).expect("usable"));
+        let server = server_config(vec![leaf_cert, intermediate.der(), root.der()], &leaf_key);
+        assert_eq!(
+            handshake(server, verifier.clone(), "mx.example.com").await,
+            Ok(())
+        );
+        let found = verifier.matched().expect("recorded match");
+        assert_eq!((found.method, found.depth), (DaneMethod::DaneTa, 2));
+    }
+
+    #[tokio::test]
+    async fn verifier_handshake_mismatch_fails() {
+        let root = ca("root", None, None, false);
+        let (leaf_cert, leaf_key) = leaf(&["mx.example.com"], &root, false);
+        let other = KeyPair::generate().expect("key");
+        let verifier =
+            Arc::new(DaneVerifier::new(vec![spki_sha256(3, &other)], names()).expect("usable"));
+        let server = server_config(vec![leaf_cert], &leaf_key);
+        let result = handshake(server, verifier.clone(), "mx.example.com").await;
+        let err = result.expect_err("mismatch must fail");
+        assert!(err.contains("NoMatch"), "unexpected error: {err}");
+        assert_eq!(verifier.matched(), None);
+    }
+}
