@@ -8,4 +8,5 @@
 //! - L4 `server`
 //! - L5 `cli`
 
+pub mod spool;
 pub mod types;
