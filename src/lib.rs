@@ -16,5 +16,6 @@ pub mod pipeline;
 pub mod sandbox;
 pub mod server;
 pub mod smtp;
+pub mod spool;
 pub mod tls;
 pub mod types;

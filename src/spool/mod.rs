@@ -1,0 +1,607 @@
+//! Encrypted, durable message spool.
+//!
+//! Every accepted message is sealed under its own data key (see [`crypto`]), the data key
+//! is wrapped by the keyring's current master key (see [`keys`]), and the rows are written
+//! atomically to a [`Store`] and flushed with group commit before `enqueue` returns.
+//! In clear on disk: message IDs, state tags, times, counters and key IDs. Nothing else.
+
+pub mod crypto;
+pub mod group_commit;
+pub mod keys;
+pub mod records;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::types::{now_secs, Envelope, MessageId, Status};
+use crypto::{CryptoError, DataKey, RecordKind};
+use group_commit::GroupCommit;
+pub use keys::{KeyInfo, Keyring, KeyringError, MasterKey};
+use records::{decode_queue_row, encode_queue_row, schedule_key};
+pub use records::{
+    Attempt, QuarantineEntry, QueueSummary, RecipientState, RecipientSummary, StateTag,
+};
+pub use store::{Op, SledStore, Store, Tree};
+
+/// Errors at the spool's edge. Messages carry IDs only, never PHI.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The store could not read or write (disk full, I/O error). Ingress answers `452 4.3.1`.
+    #[error("spool storage error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "message {id}: stored data failed authentication (tampered or corrupt); not delivered"
+    )]
+    Tampered { id: MessageId },
+    #[error("message {0} is not in the spool")]
+    NotFound(MessageId),
+    #[error("message {0} is already in the spool")]
+    Exists(MessageId),
+    #[error("message {0} was crypto-shredded; its content is gone")]
+    Shredded(MessageId),
+    #[error("the spool holds messages wrapped by master keys missing from the keyring: {}", .0.join(", "))]
+    MissingKeys(Vec<String>),
+    #[error("master key {id} in the keyring is not the key that wrapped stored messages (same ID, wrong key bytes)")]
+    WrongKey { id: String },
+    #[error("message {id}: expected {expected} recipient states, got {got}")]
+    RecipientCount {
+        id: MessageId,
+        expected: usize,
+        got: usize,
+    },
+    #[error("message {0}: queue record is corrupt")]
+    Corrupt(MessageId),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+}
+
+/// Counts for `queue stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolStats {
+    /// Messages with a queue row (including finished ones still within metadata retention).
+    pub messages: u64,
+    /// Messages with at least one recipient not yet final.
+    pub pending: u64,
+    /// Recipients per state.
+    pub recipients_by_state: BTreeMap<StateTag, u64>,
+    /// Age in seconds of the oldest pending message.
+    pub oldest_pending_age: Option<u64>,
+    /// Flushes performed by group commit since open.
+    pub flushes: u64,
+}
+
+const KCV_PREFIX: &str = "kcv/";
+const META_PREFIX: &str = "m/";
+
+/// The spool. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Spool {
+    store: Arc<dyn Store>,
+    keyring: RwLock<Arc<Keyring>>,
+    commit: GroupCommit,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spool")
+    }
+}
+
+fn id_bytes(id: &MessageId) -> [u8; 16] {
+    id.0.to_bytes()
+}
+
+fn id_from(bytes: &[u8]) -> Option<MessageId> {
+    let arr: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+    Some(MessageId(ulid::Ulid::from_bytes(arr)))
+}
+
+impl Spool {
+    /// Open (or create) the sled spool in `dir` with `keyring`. Fails clearly if stored
+    /// messages need keys the keyring lacks, or a key's bytes differ from the one used.
+    pub fn open(dir: &Path, keyring: Keyring) -> Result<Spool, SpoolError> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
+        Self::with_store(store, keyring)
+    }
+
+    /// Open over any storage engine.
+    pub fn with_store(store: Arc<dyn Store>, keyring: Keyring) -> Result<Spool, SpoolError> {
+        check_keyring(store.as_ref(), &keyring)?;
+        store.flush()?;
+        Ok(Spool {
+            store,
+            keyring: RwLock::new(Arc::new(keyring)),
+            commit: GroupCommit::default(),
+        })
+    }
+
+    /// Swap in a reloaded keyring (after `keys rotate`), with the same checks as `open`.
+    pub fn set_keyring(&self, keyring: Keyring) -> Result<(), SpoolError> {
+        check_keyring(self.store.as_ref(), &keyring)?;
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keyring);
+        Ok(())
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Number of store flushes so far (group commit makes this less than the write count).
+    pub fn flush_count(&self) -> u64 {
+        self.commit.flush_count()
+    }
+
+    async fn durable(&self) -> Result<(), SpoolError> {
+        Ok(self.commit.durable(&self.store).await?)
+    }
+
+    /// Store a newly accepted message. Returns only once it is durable; on error nothing
+    /// of it is visible. `initial` is the starting state of every recipient.
+    pub async fn enqueue(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        content: &[u8],
+        initial: RecipientState,
+    ) -> Result<(), SpoolError> {
+        let key = id_bytes(&id);
+        if self.store.get(Tree::Queue, &key)?.is_some() {
+            return Err(SpoolError::Exists(id));
+        }
+        let ring = self.keyring();
+        let dk = DataKey::generate();
+        let env_json = Zeroizing::new(serde_json::to_vec(env).unwrap_or_default());
+        let states = vec![initial; env.recipients.len()];
+        let now = now_secs();
+        let mut summary = QueueSummary {
+            received_at: env.received_at,
+            updated_at: now,
+            size: content.len() as u64,
+            recipients: Vec::new(),
+            scheduled: None,
+            done_at: None,
+            shredded_at: None,
+        };
+        summary.update_from(&states, now);
+        let states_json = Zeroizing::new(serde_json::to_vec(&states).unwrap_or_default());
+        let mut ops = vec![
+            Op::Put(
+                Tree::Wraps,
+                key.to_vec(),
+                crypto::wrap(ring.current(), &id, &dk),
+            ),
+            Op::Put(
+                Tree::Messages,
+                key.to_vec(),
+                crypto::seal(&dk, &id, RecordKind::Content, content),
+            ),
+            Op::Put(
+                Tree::Envelopes,
+                key.to_vec(),
+                crypto::seal(&dk, &id, RecordKind::Envelope, &env_json),
+            ),
+            Op::Put(
+                Tree::Queue,
+                key.to_vec(),
+                encode_queue_row(
+                    &summary,
+                    &crypto::seal(&dk, &id, RecordKind::State, &states_json),
+                ),
+            ),
+        ];
+        if let Some(at) = summary.scheduled {
+            ops.push(Op::Put(Tree::Schedule, schedule_key(at, &key), Vec::new()));
+        }
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    fn data_key(&self, id: &MessageId) -> Result<DataKey, SpoolError> {
+        let key = id_bytes(id);
+        let Some(wrapped) = self.store.get(Tree::Wraps, &key)? else {
+            return match self.summary(id) {
+                Ok(s) if s.shredded_at.is_some() => Err(SpoolError::Shredded(*id)),
+                Ok(_) => Err(SpoolError::Tampered { id: *id }),
+                Err(e) => Err(e),
+            };
+        };
+        crypto::unwrap(&self.keyring(), id, &wrapped).map_err(|e| match e {
+            CryptoError::Auth => SpoolError::Tampered { id: *id },
+            CryptoError::MissingKey(k) => SpoolError::MissingKeys(vec![k]),
+        })
+    }
+
+    fn open_record(
+        &self,
+        dk: &DataKey,
+        id: &MessageId,
+        tree: Tree,
+        kind: RecordKind,
+    ) -> Result<Zeroizing<Vec<u8>>, SpoolError> {
+        let blob = self
+            .store
+            .get(tree, &id_bytes(id))?
+            .ok_or(SpoolError::Tampered { id: *id })?;
+        crypto::open(dk, id, kind, &blob).map_err(|_| SpoolError::Tampered { id: *id })
+    }
+
+    fn decode_envelope(id: &MessageId, json: &[u8]) -> Result<Envelope, SpoolError> {
+        // Authenticated but unparsable means a bug or a format change, not tampering.
+        serde_json::from_slice(json).map_err(|_| SpoolError::Corrupt(*id))
+    }
+
+    /// Decrypt a message's envelope and content.
+    pub fn load(&self, id: &MessageId) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        let dk = self.data_key(id)?;
+        let env = self.open_record(&dk, id, Tree::Envelopes, RecordKind::Envelope)?;
+        let content = self.open_record(&dk, id, Tree::Messages, RecordKind::Content)?;
+        Ok((Self::decode_envelope(id, &env)?, content.to_vec()))
+    }
+
+    /// Decrypt only the envelope.
+    pub fn envelope(&self, id: &MessageId) -> Result<Envelope, SpoolError> {
+        let dk = self.data_key(id)?;
+        let env = self.open_record(&dk, id, Tree::Envelopes, RecordKind::Envelope)?;
+        Self::decode_envelope(id, &env)
+    }
+
+    fn row(&self, id: &MessageId) -> Result<(QueueSummary, Vec<u8>), SpoolError> {
+        let row = self
+            .store
+            .get(Tree::Queue, &id_bytes(id))?
+            .ok_or(SpoolError::NotFound(*id))?;
+        let (summary, sealed) = decode_queue_row(&row).ok_or(SpoolError::Corrupt(*id))?;
+        Ok((summary, sealed.to_vec()))
+    }
+
+    /// Clear metadata of one message (no decryption).
+    pub fn summary(&self, id: &MessageId) -> Result<QueueSummary, SpoolError> {
+        Ok(self.row(id)?.0)
+    }
+
+    /// Decrypt the per-recipient states, in envelope recipient order.
+    pub fn recipients(&self, id: &MessageId) -> Result<Vec<RecipientState>, SpoolError> {
+        let (_, sealed) = self.row(id)?;
+        let dk = self.data_key(id)?;
+        let json = crypto::open(&dk, id, RecordKind::State, &sealed)
+            .map_err(|_| SpoolError::Tampered { id: *id })?;
+        serde_json::from_slice(&json).map_err(|_| SpoolError::Corrupt(*id))
+    }
+
+    /// Replace the per-recipient states (same length and order as the envelope's
+    /// recipients) and reschedule. Durable on return. One owner per message at a time:
+    /// concurrent updates of the same message are last-writer-wins.
+    pub async fn set_recipients(
+        &self,
+        id: &MessageId,
+        states: &[RecipientState],
+    ) -> Result<(), SpoolError> {
+        let ops = self.state_ops(id, states)?;
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    fn state_ops(&self, id: &MessageId, states: &[RecipientState]) -> Result<Vec<Op>, SpoolError> {
+        let key = id_bytes(id);
+        let (mut summary, _) = self.row(id)?;
+        if summary.recipients.len() != states.len() {
+            return Err(SpoolError::RecipientCount {
+                id: *id,
+                expected: summary.recipients.len(),
+                got: states.len(),
+            });
+        }
+        let dk = self.data_key(id)?;
+        let mut ops = Vec::with_capacity(3);
+        if let Some(at) = summary.scheduled {
+            ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &key)));
+        }
+        summary.update_from(states, now_secs());
+        if let Some(at) = summary.scheduled {
+            ops.push(Op::Put(Tree::Schedule, schedule_key(at, &key), Vec::new()));
+        }
+        let json = Zeroizing::new(serde_json::to_vec(states).unwrap_or_default());
+        let sealed = crypto::seal(&dk, id, RecordKind::State, &json);
+        ops.push(Op::Put(
+            Tree::Queue,
+            key.to_vec(),
+            encode_queue_row(&summary, &sealed),
+        ));
+        Ok(ops)
+    }
+
+    /// Messages with a recipient due at or before `now`, oldest schedule first.
+    pub fn due(&self, now: u64) -> Result<Vec<MessageId>, SpoolError> {
+        let end = schedule_key(now.saturating_add(1), &[0u8; 16]);
+        let mut out = Vec::new();
+        self.store
+            .scan(Tree::Schedule, &[], Some(&end), &mut |k, _| {
+                if let Some(id) = k.get(8..).and_then(id_from) {
+                    out.push(id);
+                }
+                true
+            })?;
+        Ok(out)
+    }
+
+    /// Every message (with its clear summary) in ID order, finished ones included.
+    pub fn messages(&self) -> Result<Vec<(MessageId, QueueSummary)>, SpoolError> {
+        let mut out = Vec::new();
+        self.store.scan(Tree::Queue, &[], None, &mut |k, v| {
+            if let (Some(id), Some((s, _))) = (id_from(k), decode_queue_row(v)) {
+                out.push((id, s));
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Messages accepted and not finished (including quarantined ones).
+    pub fn pending(&self) -> Result<Vec<MessageId>, SpoolError> {
+        Ok(self
+            .messages()?
+            .into_iter()
+            .filter(|(_, s)| !s.is_finished() && s.shredded_at.is_none())
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Start-up recovery: recipients left in flight by a crash are queued again, due at
+    /// `now` (delivery is at-least-once). Returns all pending messages.
+    pub async fn recover(&self, now: u64) -> Result<Vec<MessageId>, SpoolError> {
+        let pending = self.pending()?;
+        let mut changed = false;
+        for id in &pending {
+            let summary = self.summary(id)?;
+            if !summary
+                .recipients
+                .iter()
+                .any(|r| r.state == StateTag::InFlight)
+            {
+                continue;
+            }
+            let mut states = self.recipients(id)?;
+            for s in states.iter_mut().filter(|s| s.status == Status::InFlight) {
+                s.status = Status::Queued;
+                s.next_attempt = now;
+            }
+            let ops = self.state_ops(id, &states)?;
+            self.store.commit(&ops)?;
+            changed = true;
+        }
+        if changed {
+            self.durable().await?;
+        }
+        Ok(pending)
+    }
+
+    /// Hold a message: every non-final recipient becomes quarantined under `rule`
+    /// (a configured rule name, never matched text).
+    pub async fn quarantine(&self, id: &MessageId, rule: &str) -> Result<(), SpoolError> {
+        let mut states = self.recipients(id)?;
+        for s in states.iter_mut().filter(|s| !s.status.is_final()) {
+            s.status = Status::Quarantined {
+                rule: rule.to_string(),
+            };
+        }
+        let mut ops = self.state_ops(id, &states)?;
+        let entry = QuarantineEntry {
+            at: now_secs(),
+            rule: rule.to_string(),
+        };
+        ops.push(Op::Put(
+            Tree::Quarantine,
+            id_bytes(id).to_vec(),
+            serde_json::to_vec(&entry).unwrap_or_default(),
+        ));
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    /// Quarantined messages with their entries.
+    pub fn quarantined(&self) -> Result<Vec<(MessageId, QuarantineEntry)>, SpoolError> {
+        let mut out = Vec::new();
+        self.store.scan(Tree::Quarantine, &[], None, &mut |k, v| {
+            if let (Some(id), Ok(e)) = (id_from(k), serde_json::from_slice(v)) {
+                out.push((id, e));
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Release a quarantined message: its quarantined recipients are queued, due at `now`.
+    pub async fn release(&self, id: &MessageId, now: u64) -> Result<(), SpoolError> {
+        let key = id_bytes(id);
+        if self.store.get(Tree::Quarantine, &key)?.is_none() {
+            return Err(SpoolError::NotFound(*id));
+        }
+        let mut states = self.recipients(id)?;
+        for s in states
+            .iter_mut()
+            .filter(|s| matches!(s.status, Status::Quarantined { .. }))
+        {
+            s.status = Status::Queued;
+            s.next_attempt = now;
+        }
+        let mut ops = self.state_ops(id, &states)?;
+        ops.push(Op::Delete(Tree::Quarantine, key.to_vec()));
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    /// Crypto-shred: destroy the wrapped data key and remove content, envelope and sealed
+    /// state. The clear summary stays (marked shredded) until metadata retention purges it.
+    pub async fn shred(&self, id: &MessageId) -> Result<(), SpoolError> {
+        let key = id_bytes(id);
+        let (mut summary, _) = self.row(id)?;
+        let mut ops = vec![
+            Op::Delete(Tree::Wraps, key.to_vec()),
+            Op::Delete(Tree::Messages, key.to_vec()),
+            Op::Delete(Tree::Envelopes, key.to_vec()),
+            Op::Delete(Tree::Quarantine, key.to_vec()),
+        ];
+        if let Some(at) = summary.scheduled.take() {
+            ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &key)));
+        }
+        summary.shredded_at.get_or_insert(now_secs());
+        ops.push(Op::Put(
+            Tree::Queue,
+            key.to_vec(),
+            encode_queue_row(&summary, &[]),
+        ));
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    /// Retention: remove every trace of messages finished before `cutoff` (unix secs),
+    /// shredding any content still present. Returns how many were purged.
+    pub async fn purge_finished_before(&self, cutoff: u64) -> Result<usize, SpoolError> {
+        let old: Vec<(MessageId, QueueSummary)> = self
+            .messages()?
+            .into_iter()
+            .filter(|(_, s)| s.done_at.is_some_and(|d| d < cutoff))
+            .collect();
+        for (id, s) in &old {
+            let key = id_bytes(id).to_vec();
+            let mut ops: Vec<Op> = [
+                Tree::Wraps,
+                Tree::Messages,
+                Tree::Envelopes,
+                Tree::Quarantine,
+                Tree::Queue,
+            ]
+            .into_iter()
+            .map(|t| Op::Delete(t, key.clone()))
+            .collect();
+            if let Some(at) = s.scheduled {
+                ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &id_bytes(id))));
+            }
+            self.store.commit(&ops)?;
+        }
+        if !old.is_empty() {
+            self.durable().await?;
+        }
+        Ok(old.len())
+    }
+
+    /// Counts by state and the age of the oldest pending message.
+    pub fn stats(&self, now: u64) -> Result<SpoolStats, SpoolError> {
+        let mut st = SpoolStats {
+            flushes: self.flush_count(),
+            ..SpoolStats::default()
+        };
+        for (_, s) in self.messages()? {
+            st.messages += 1;
+            for r in &s.recipients {
+                *st.recipients_by_state.entry(r.state).or_default() += 1;
+            }
+            if !s.is_finished() && s.shredded_at.is_none() {
+                st.pending += 1;
+                let age = now.saturating_sub(s.received_at);
+                st.oldest_pending_age = Some(st.oldest_pending_age.map_or(age, |a| a.max(age)));
+            }
+        }
+        Ok(st)
+    }
+
+    /// How many messages each master key ID wraps (for `keys list`).
+    pub fn key_usage(&self) -> Result<BTreeMap<String, u64>, SpoolError> {
+        key_usage(self.store.as_ref())
+    }
+
+    /// Re-wrap every data key not under the current master key (content blobs untouched).
+    /// Afterwards older keys wrap nothing and can be removed. Returns how many changed.
+    pub async fn rewrap(&self) -> Result<usize, SpoolError> {
+        let ring = self.keyring();
+        let current = ring.current().id().to_string();
+        let mut todo = Vec::new();
+        self.store.scan(Tree::Wraps, &[], None, &mut |k, v| {
+            if crypto::wrapped_kek_id(v).is_ok_and(|kid| kid != current) {
+                if let Some(id) = id_from(k) {
+                    todo.push((id, v.to_vec()));
+                }
+            }
+            true
+        })?;
+        let mut changed = 0;
+        for (id, old) in todo {
+            let dk = crypto::unwrap(&ring, &id, &old).map_err(|e| match e {
+                CryptoError::Auth => SpoolError::Tampered { id },
+                CryptoError::MissingKey(k) => SpoolError::MissingKeys(vec![k]),
+            })?;
+            let new = crypto::wrap(ring.current(), &id, &dk);
+            // Compare-and-swap so a concurrent shred is never undone.
+            if self
+                .store
+                .compare_and_swap(Tree::Wraps, &id_bytes(&id), &old, &new)?
+            {
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            self.durable().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Read a metadata value (e.g. MTA-STS cache). Stored in clear: never put PHI here.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(self
+            .store
+            .get(Tree::Meta, format!("{META_PREFIX}{key}").as_bytes())?)
+    }
+
+    /// Write a metadata value; durable on return.
+    pub async fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
+        self.store.commit(&[Op::Put(
+            Tree::Meta,
+            format!("{META_PREFIX}{key}").into_bytes(),
+            value.to_vec(),
+        )])?;
+        self.durable().await
+    }
+}
+
+fn key_usage(store: &dyn Store) -> Result<BTreeMap<String, u64>, SpoolError> {
+    let mut usage = BTreeMap::new();
+    store.scan(Tree::Wraps, &[], None, &mut |_, v| {
+        let kid = crypto::wrapped_kek_id(v).unwrap_or("<corrupt>");
+        *usage.entry(kid.to_string()).or_insert(0u64) += 1;
+        true
+    })?;
+    Ok(usage)
+}
+
+/// Refuse a keyring that cannot open what the store holds; remember check values of
+/// keys seen for the first time.
+fn check_keyring(store: &dyn Store, ring: &Keyring) -> Result<(), SpoolError> {
+    let missing: BTreeSet<String> = key_usage(store)?
+        .into_keys()
+        .filter(|kid| ring.get(kid).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(SpoolError::MissingKeys(missing.into_iter().collect()));
+    }
+    let mut ops = Vec::new();
+    for k in ring.keys() {
+        let name = format!("{KCV_PREFIX}{}", k.id());
+        match store.get(Tree::Meta, name.as_bytes())? {
+            Some(kcv) if kcv != k.check_value() => {
+                return Err(SpoolError::WrongKey {
+                    id: k.id().to_string(),
+                })
+            }
+            Some(_) => {}
+            None => ops.push(Op::Put(Tree::Meta, name.into_bytes(), k.check_value())),
+        }
+    }
+    if !ops.is_empty() {
+        store.commit(&ops)?;
+    }
+    Ok(())
+}
