@@ -19,6 +19,7 @@ fn envelope() -> Envelope {
         auth: None,
         tls: None,
         received_at: 0,
+        tls_floor: None,
     }
 }
 

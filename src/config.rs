@@ -62,6 +62,11 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
@@ -184,6 +189,64 @@ pub struct PolicyConfig {
     pub file: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Master keyring file (mode 0600 or stricter; phigate refuses anything looser).
+    pub key_file: PathBuf,
+    /// Name of a systemd credential (`LoadCredential=`) holding the keyring; used instead
+    /// of `key_file` when `$CREDENTIALS_DIRECTORY` is set.
+    #[serde(default)]
+    pub key_credential: Option<String>,
+    /// Create the keyring on first start if it is missing (sandbox only).
+    #[serde(default)]
+    pub generate_key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Delay before each retry; the last one repeats until `expire`.
+    #[serde(default = "defaults::retry")]
+    pub retry: Vec<Seconds>,
+    /// Age at which an undeliverable message bounces.
+    #[serde(default = "defaults::expire")]
+    pub expire: Seconds,
+    /// Delivery attempts running at once.
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            retry: defaults::retry(),
+            expire: defaults::expire(),
+            concurrency: defaults::concurrency(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How long content is kept after its last recipient is final (0 = shred at once).
+    #[serde(default)]
+    pub content_after_delivery: Seconds,
+    /// How long queue metadata (IDs, states, times) is kept after that.
+    #[serde(default = "defaults::metadata")]
+    pub metadata: Seconds,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            content_after_delivery: Seconds(0),
+            metadata: defaults::metadata(),
+        }
+    }
+}
+
 mod defaults {
     use super::*;
     pub fn max_message_size() -> ByteSize {
@@ -219,10 +282,25 @@ mod defaults {
     pub fn auth_lockout() -> Seconds {
         Seconds(900)
     }
+    pub fn retry() -> Vec<Seconds> {
+        [300, 600, 1200, 2400, 3600]
+            .into_iter()
+            .map(Seconds)
+            .collect()
+    }
+    pub fn expire() -> Seconds {
+        Seconds(5 * 86400)
+    }
+    pub fn concurrency() -> usize {
+        50
+    }
+    pub fn metadata() -> Seconds {
+        Seconds(30 * 86400)
+    }
 }
 
 /// A duration written as `90`, `"90s"`, `"5m"`, `"2h"` or `"5d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Seconds(pub u64);
 
 impl Seconds {
@@ -423,6 +501,12 @@ impl Config {
         if self.server.max_message_size.0 < 1024 {
             return Err(self.invalid("server.max_message_size", "must be at least 1K"));
         }
+        if self.queue.retry.is_empty() || self.queue.retry.iter().any(|r| r.0 == 0) {
+            return Err(self.invalid("queue.retry", "needs at least one delay, none of them 0"));
+        }
+        if self.queue.concurrency == 0 {
+            return Err(self.invalid("queue.concurrency", "must be at least 1"));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listener[{i}].{k}");
@@ -474,6 +558,17 @@ impl Config {
                     self.invalid("auth.users_file", format!("{}: {e}", users.display()))
                 })?;
             }
+        }
+        let cred = self.spool.key_credential.is_some()
+            && std::env::var_os("CREDENTIALS_DIRECTORY").is_some();
+        if !cred && !self.spool.generate_key && !self.spool.key_file.exists() {
+            return Err(self.invalid(
+                "spool.key_file",
+                format!(
+                    "{}: no such file (create it with `phigate keys generate`)",
+                    self.spool.key_file.display()
+                ),
+            ));
         }
         if let Some(p) = &self.policy.file {
             if !p.exists() {
@@ -556,6 +651,8 @@ key = "k.pem"
 allow_networks = ["127.0.0.0/8", "::1"]
 [delivery]
 mode = "sandbox"
+[spool]
+key_file = "/nonexistent/keys"
 "#;
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod listener;
 pub mod pipeline;
+pub mod queue;
 pub mod sandbox;
 pub mod server;
 pub mod smtp;

@@ -1,10 +1,12 @@
 //! What happens to a message between the end of DATA and the `250`: policy, then the
 //! durable handoff. The SMTP session only sees the [`Handoff`] trait.
 
-use crate::sandbox::{Sandbox, SandboxError};
-use crate::types::{Envelope, MessageId, Reply};
+use crate::queue::Queue;
+use crate::spool::{RecipientState, SpoolError};
+use crate::types::{now_secs, Envelope, MessageId, Reply};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A complete message as received, with the Received header already prepended.
 #[derive(Debug)]
@@ -26,20 +28,18 @@ pub struct RcptCheck<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("storage: {0}")]
-    Storage(#[from] SandboxError),
-    #[error("internal: {0}")]
-    Internal(String),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 impl PipelineError {
     /// The one place pipeline failures become SMTP replies. Nothing was accepted.
     pub fn reply(&self) -> Reply {
         match self {
-            PipelineError::Storage(_) => {
+            PipelineError::Spool(SpoolError::Io(_)) => {
                 Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
             }
-            PipelineError::Internal(_) => {
+            PipelineError::Spool(_) => {
                 Reply::new(451, "4.3.0", "Local error in processing, try again later")
             }
         }
@@ -56,14 +56,14 @@ pub trait Handoff: Send + Sync + 'static {
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>>;
 }
 
-/// The pipeline used by the server: sandbox delivery for now.
+/// The pipeline used by the server: encrypt and spool durably, then wake the queue.
 pub struct Pipeline {
-    sandbox: Sandbox,
+    queue: Arc<Queue>,
 }
 
 impl Pipeline {
-    pub fn sandbox(sandbox: Sandbox) -> Self {
-        Pipeline { sandbox }
+    pub fn new(queue: Arc<Queue>) -> Self {
+        Pipeline { queue }
     }
 }
 
@@ -74,11 +74,17 @@ impl Handoff for Pipeline {
 
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>> {
         Box::pin(async move {
-            let sandbox = self.sandbox.clone();
             let id = sub.id;
-            tokio::task::spawn_blocking(move || sandbox.write(sub.id, &sub.envelope, &sub.content))
-                .await
-                .map_err(|e| PipelineError::Internal(e.to_string()))??;
+            self.queue
+                .spool()
+                .enqueue(
+                    id,
+                    &sub.envelope,
+                    &sub.content,
+                    RecipientState::queued(now_secs()),
+                )
+                .await?;
+            self.queue.wake();
             Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
         })
     }

@@ -5,8 +5,10 @@ use crate::auth::{FailureLimiter, Users};
 use crate::config::{Config, ConfigError, DeliveryMode};
 use crate::listener::{self, ConnLimits, ListenerCtx};
 use crate::pipeline::{Handoff, Pipeline};
+use crate::queue::{Queue, QueueSettings, SandboxTransport, Transport};
 use crate::sandbox::Sandbox;
 use crate::smtp::session::{ListenerInfo, Shared};
+use crate::spool::{Keyring, KeyringError, Spool, SpoolError};
 use crate::tls::server::{ensure_self_signed, ServerTls, TlsError};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -39,6 +41,10 @@ pub enum ServerError {
     },
     #[error("signals: {0}")]
     Signal(std::io::Error),
+    #[error("master key: {0}")]
+    Keyring(#[from] KeyringError),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 /// What a signal asks the server to do.
@@ -101,10 +107,17 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     cfg.validate()?;
     let tls = ServerTls::new(&cfg.tls)?;
     let users = Arc::new(RwLock::new(Arc::new(load_users(&cfg)?)));
-    let handoff: Arc<dyn Handoff> = match cfg.delivery.mode {
-        DeliveryMode::Sandbox => Arc::new(Pipeline::sandbox(Sandbox::new(cfg.sandbox_dir()))),
+    let keyring = load_keyring(&cfg)?;
+    let spool = Arc::new(Spool::open(&cfg.server.data_dir.join("spool"), keyring)?);
+    let pending = spool.recover(crate::types::now_secs()).await?;
+    info!(pending = pending.len(), "spool open");
+    let transport: Arc<dyn Transport> = match cfg.delivery.mode {
+        DeliveryMode::Sandbox => Arc::new(SandboxTransport::new(Sandbox::new(cfg.sandbox_dir()))),
     };
+    let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
+    let handoff: Arc<dyn Handoff> = Arc::new(Pipeline::new(queue.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let queue_task = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
     let shared = Arc::new(Shared {
         hostname: cfg.server.hostname.clone(),
         max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
@@ -190,8 +203,43 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     {
         warn!("grace period over, closing remaining sessions");
     }
+    let _ = queue_task.await;
     info!("stopped");
     Ok(())
+}
+
+fn queue_settings(cfg: &Config) -> QueueSettings {
+    QueueSettings {
+        hostname: cfg.server.hostname.clone(),
+        retry: cfg.queue.retry.iter().map(|s| s.0).collect(),
+        expire: cfg.queue.expire.0,
+        concurrency: cfg.queue.concurrency,
+        content_after_delivery: cfg.retention.content_after_delivery.0,
+        metadata_retention: cfg.retention.metadata.0,
+    }
+}
+
+/// The master keyring: the systemd credential when configured and present, else the
+/// key file (created first if the configuration says so).
+pub fn load_keyring(cfg: &Config) -> Result<Keyring, ServerError> {
+    if let Some(name) = &cfg.spool.key_credential {
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+            return Ok(Keyring::load_credential(name)?);
+        }
+    }
+    if cfg.spool.generate_key && !cfg.spool.key_file.exists() {
+        if let Some(dir) = cfg
+            .spool
+            .key_file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            create_private_dir(dir)?;
+        }
+        let info = crate::spool::keys::generate_file(&cfg.spool.key_file)?;
+        info!(key_id = %info.id, "generated a master keyring");
+    }
+    Ok(Keyring::load(&cfg.spool.key_file)?)
 }
 
 fn load_users(cfg: &Config) -> Result<Users, ServerError> {

@@ -168,6 +168,9 @@ pub struct Envelope {
     pub tls: Option<TlsInfo>,
     /// Unix seconds at which the message was received.
     pub received_at: u64,
+    /// Minimum TLS for the next hop, set by policy (`require_tls`).
+    #[serde(default)]
+    pub tls_floor: Option<TlsFloor>,
 }
 
 /// Per-recipient delivery state.
@@ -231,6 +234,49 @@ impl fmt::Display for Reply {
             write!(f, "{} {} {}", self.code, self.enhanced, self.text)
         }
     }
+}
+
+/// What one delivery attempt did for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "reply", rename_all = "kebab-case")]
+pub enum AttemptResult {
+    Delivered(Reply),
+    /// Try again later (4xx, connection or TLS failure).
+    Transient(Reply),
+    /// Give up on this recipient (5xx, null MX, REQUIRETLS impossible).
+    Permanent(Reply),
+}
+
+/// Facts about the next hop of one attempt, for the queue history and the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopInfo {
+    pub mx_host: String,
+    pub ip: String,
+    pub tls_version: String,
+    pub cipher: String,
+    pub peer_cert_sha256: String,
+    /// `dane-ee`, `dane-ta`, `mta-sts`, `pkix`, `encrypt-only`, or `sandbox`.
+    pub method: String,
+    pub dane: String,
+    pub mta_sts: String,
+}
+
+/// The outcome for one recipient (by its index in the envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptOutcome {
+    pub index: usize,
+    pub result: AttemptResult,
+    pub hop: Option<HopInfo>,
+}
+
+/// Minimum TLS a message demands of its next hop (raised by policy or REQUIRETLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsFloor {
+    /// WebPKI chain and name, or DANE/MTA-STS.
+    Verify,
+    /// Only DANE-authenticated TLS.
+    DaneOnly,
 }
 
 /// Current Unix time in seconds.

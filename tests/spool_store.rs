@@ -20,6 +20,7 @@ fn envelope(from: &str, rcpts: &[&str]) -> Envelope {
         auth: None,
         tls: None,
         received_at: now_secs(),
+        tls_floor: None,
     }
 }
 

@@ -671,6 +671,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             auth: self.auth.clone(),
             tls: self.conn.tls.clone(),
             received_at: crate::types::now_secs(),
+            tls_floor: None,
         };
         let rcpts = envelope.recipients.len();
         let size = full.len();

@@ -1,0 +1,537 @@
+//! The queue: a scheduler over the spool that hands due recipients to a [`Transport`],
+//! records per-recipient outcomes, retries with backoff and jitter, expires, sends DSNs
+//! through its own spool, and crypto-shreds content once every recipient is final.
+
+pub mod dsn;
+
+use crate::sandbox::Sandbox;
+use crate::spool::{Attempt, RecipientState, Spool, SpoolError};
+use crate::types::{
+    now_secs, AttemptResult, Envelope, HopInfo, MessageId, Notify, RcptOutcome, Recipient, Reply,
+    Status, TlsFloor,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify as Wake, Semaphore};
+use tracing::{error, info, warn};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something that can carry a message to its next hop: MX delivery, a smarthost, or
+/// the sandbox directory.
+pub trait Transport: Send + Sync + 'static {
+    /// Deliver `content` to the recipients at `rcpts` (indices into `env.recipients`).
+    /// Must return one outcome per index.
+    fn deliver<'a>(
+        &'a self,
+        env: &'a Envelope,
+        content: &'a [u8],
+        rcpts: &'a [usize],
+        floor: Option<TlsFloor>,
+    ) -> BoxFuture<'a, Vec<RcptOutcome>>;
+}
+
+/// Sandbox transport: writes `<ID>.eml` + envelope and calls it delivered.
+pub struct SandboxTransport {
+    sandbox: Sandbox,
+}
+
+impl SandboxTransport {
+    pub fn new(sandbox: Sandbox) -> Self {
+        SandboxTransport { sandbox }
+    }
+}
+
+impl Transport for SandboxTransport {
+    fn deliver<'a>(
+        &'a self,
+        env: &'a Envelope,
+        content: &'a [u8],
+        rcpts: &'a [usize],
+        _floor: Option<TlsFloor>,
+    ) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        Box::pin(async move {
+            // The ID the sandbox file is named by comes from the Received header phigate
+            // added, so a test can match the file to the `250 ... queued as ID` reply.
+            let id = queue_id_of(content).unwrap_or_default();
+            let sandbox = self.sandbox.clone();
+            let env2 = env.clone();
+            let data = content.to_vec();
+            let res = tokio::task::spawn_blocking(move || sandbox.write(id, &env2, &data)).await;
+            let result = match res {
+                Ok(Ok(())) => {
+                    AttemptResult::Delivered(Reply::new(250, "2.0.0", "written to sandbox"))
+                }
+                Ok(Err(e)) => AttemptResult::Transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("sandbox write failed: {e}"),
+                )),
+                Err(e) => AttemptResult::Transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("sandbox task failed: {e}"),
+                )),
+            };
+            rcpts
+                .iter()
+                .map(|&index| RcptOutcome {
+                    index,
+                    result: result.clone(),
+                    hop: Some(HopInfo {
+                        method: "sandbox".into(),
+                        ..HopInfo::default()
+                    }),
+                })
+                .collect()
+        })
+    }
+}
+
+/// The `id <ULID>;` phigate wrote into its own Received header (first header).
+fn queue_id_of(content: &[u8]) -> Option<MessageId> {
+    let head = &content[..content.len().min(1024)];
+    let text = std::str::from_utf8(head).ok()?;
+    let start = text.find("\r\n\tid ")? + 6;
+    text.get(start..start + 26)?.parse().ok()
+}
+
+/// Timing and retention settings.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub hostname: String,
+    /// Delay before the 1st, 2nd, ... retry; the last one repeats.
+    pub retry: Vec<u64>,
+    /// Seconds after acceptance at which a deferred recipient expires and bounces.
+    pub expire: u64,
+    /// Concurrent delivery attempts.
+    pub concurrency: usize,
+    /// Seconds after the last recipient is final before content is crypto-shredded.
+    pub content_after_delivery: u64,
+    /// Seconds to keep queue metadata of finished messages.
+    pub metadata_retention: u64,
+}
+
+impl QueueSettings {
+    /// Next attempt after `attempts` tries, with ±10% jitter so retries do not stampede.
+    pub fn next_attempt(&self, attempts: u32, now: u64) -> u64 {
+        let i = (attempts.max(1) as usize - 1).min(self.retry.len().saturating_sub(1));
+        let base = self.retry.get(i).copied().unwrap_or(300).max(1);
+        let spread = base / 10;
+        let jitter = if spread > 0 {
+            rand::Rng::gen_range(&mut rand::thread_rng(), 0..=2 * spread) as i64 - spread as i64
+        } else {
+            0
+        };
+        now + (base as i64 + jitter).max(1) as u64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("building DSN: {0}")]
+    Dsn(std::io::Error),
+}
+
+pub struct Queue {
+    spool: Arc<Spool>,
+    transport: Arc<dyn Transport>,
+    settings: QueueSettings,
+    wake: Wake,
+    inflight: Mutex<HashSet<MessageId>>,
+    /// Messages whose stored data failed authentication: reported once, never delivered.
+    broken: Mutex<HashSet<MessageId>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Queue {
+    pub fn new(
+        spool: Arc<Spool>,
+        transport: Arc<dyn Transport>,
+        settings: QueueSettings,
+    ) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        Arc::new(Queue {
+            spool,
+            transport,
+            settings,
+            wake: Wake::new(),
+            inflight: Mutex::new(HashSet::new()),
+            broken: Mutex::new(HashSet::new()),
+            slots,
+        })
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// Something new is due: look now rather than at the next tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Make every recipient of `id` (or of all messages) due now.
+    pub async fn retry_now(&self, id: Option<MessageId>) -> Result<usize, QueueError> {
+        let ids = match id {
+            Some(id) => vec![id],
+            None => self.spool.pending()?,
+        };
+        let now = now_secs();
+        let mut n = 0;
+        for id in ids {
+            let mut states = self.spool.recipients(&id)?;
+            let mut changed = false;
+            for s in states.iter_mut() {
+                if let Status::Deferred { .. } | Status::Queued = s.status {
+                    s.status = Status::Queued;
+                    s.next_attempt = now;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.spool.set_recipients(&id, &states).await?;
+                n += 1;
+            }
+        }
+        self.wake();
+        Ok(n)
+    }
+
+    /// Scheduler loop: runs until `shutdown` turns true. Attempts in progress at shutdown
+    /// are abandoned; their recipients are still queued on disk and are retried at the
+    /// next start (delivery is at-least-once).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut last_sweep = 0u64;
+        loop {
+            let now = now_secs();
+            match self.spool.due(now) {
+                Ok(due) => {
+                    for id in due {
+                        if self
+                            .broken
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&id)
+                        {
+                            continue;
+                        }
+                        if !self
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id)
+                        {
+                            continue;
+                        }
+                        let permit = tokio::select! {
+                            p = self.slots.clone().acquire_owned() => p,
+                            _ = shutdown.changed() => return,
+                        };
+                        let Ok(permit) = permit else { return };
+                        let q = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = q.attempt(id).await {
+                                q.report_failure(id, &e);
+                            }
+                            q.inflight
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&id);
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot read the queue schedule"),
+            }
+            if now >= last_sweep + 60 {
+                last_sweep = now;
+                self.sweep(now).await;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    fn report_failure(&self, id: MessageId, e: &QueueError) {
+        match e {
+            QueueError::Spool(SpoolError::Tampered { .. })
+            | QueueError::Spool(SpoolError::Corrupt(_)) => {
+                error!(msg_id = %id, error = %e, "stored message failed its integrity check; it will not be delivered");
+                self.broken
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id);
+            }
+            _ => warn!(msg_id = %id, error = %e, "delivery attempt failed"),
+        }
+    }
+
+    /// Retention: shred content of finished messages and purge old metadata.
+    async fn sweep(&self, now: u64) {
+        if self.settings.content_after_delivery > 0 {
+            if let Ok(msgs) = self.spool.messages() {
+                for (id, s) in msgs {
+                    let due = s
+                        .done_at
+                        .is_some_and(|d| d + self.settings.content_after_delivery <= now);
+                    if due && s.shredded_at.is_none() {
+                        if let Err(e) = self.spool.shred(&id).await {
+                            warn!(msg_id = %id, error = %e, "shred failed");
+                        }
+                    }
+                }
+            }
+        }
+        let cutoff = now.saturating_sub(self.settings.metadata_retention);
+        match self.spool.purge_finished_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => info!(purged = n, "queue metadata past retention purged"),
+            Err(e) => warn!(error = %e, "metadata purge failed"),
+        }
+    }
+
+    /// One delivery attempt for the due recipients of `id`.
+    pub async fn attempt(&self, id: MessageId) -> Result<(), QueueError> {
+        let now = now_secs();
+        let mut states = self.spool.recipients(&id)?;
+        let due: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| match s.status {
+                Status::Queued | Status::Deferred { .. } => s.next_attempt <= now,
+                _ => false,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let (env, content) = self.spool.load(&id)?;
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for &i in &due {
+            let d = env
+                .recipients
+                .get(i)
+                .map(Recipient::domain)
+                .unwrap_or_default();
+            by_domain.entry(d).or_default().push(i);
+        }
+        let mut outcomes: Vec<RcptOutcome> = Vec::new();
+        for idxs in by_domain.values() {
+            outcomes.extend(
+                self.transport
+                    .deliver(&env, &content, idxs, env.tls_floor)
+                    .await,
+            );
+        }
+        drop(content);
+        let mut dsn_rcpts = Vec::new();
+        for &i in &due {
+            let outcome = outcomes
+                .iter()
+                .find(|o| o.index == i)
+                .cloned()
+                .unwrap_or(RcptOutcome {
+                    index: i,
+                    result: AttemptResult::Transient(Reply::new(
+                        451,
+                        "4.3.0",
+                        "no result from transport",
+                    )),
+                    hop: None,
+                });
+            let Some(s) = states.get_mut(i) else { continue };
+            let rcpt = &env.recipients[i];
+            if let Some(d) = self.apply(s, &outcome, env.received_at, now, rcpt) {
+                dsn_rcpts.push(d);
+            }
+            log_outcome(id, &outcome);
+        }
+        self.spool.set_recipients(&id, &states).await?;
+        if !dsn_rcpts.is_empty() && !env.mail_from.is_empty() {
+            self.send_dsn(id, &env, &dsn_rcpts).await?;
+        }
+        if states.iter().all(|s| s.status.is_final()) && self.settings.content_after_delivery == 0 {
+            self.spool.shred(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Update one recipient's state; returns what to report in a DSN, if anything.
+    fn apply(
+        &self,
+        s: &mut RecipientState,
+        o: &RcptOutcome,
+        received_at: u64,
+        now: u64,
+        rcpt: &Recipient,
+    ) -> Option<dsn::DsnRecipient> {
+        s.attempts += 1;
+        let (reply, kind) = match &o.result {
+            AttemptResult::Delivered(r) => (r, 0),
+            AttemptResult::Transient(r) => (r, 1),
+            AttemptResult::Permanent(r) => (r, 2),
+        };
+        let text = reply.to_string();
+        s.history.push(Attempt {
+            at: now,
+            host: o
+                .hop
+                .as_ref()
+                .map(|h| h.mx_host.clone())
+                .filter(|h| !h.is_empty()),
+            outcome: text.clone(),
+        });
+        let notify = rcpt.notify.unwrap_or_else(Notify::default_when_absent);
+        let report = |action: &'static str, status: String| dsn::DsnRecipient {
+            address: rcpt.address.clone(),
+            orcpt: rcpt.orcpt.clone(),
+            action,
+            status,
+            diagnostic: text.clone(),
+        };
+        match kind {
+            0 => {
+                s.status = Status::Delivered {
+                    reply: text.clone(),
+                };
+                s.last_error = None;
+                notify
+                    .success
+                    .then(|| report("delivered", dsn::status_of(&text, "2.0.0")))
+            }
+            2 => {
+                s.status = Status::Bounced {
+                    reason: text.clone(),
+                };
+                s.last_error = Some(text.clone());
+                notify
+                    .failure
+                    .then(|| report("failed", dsn::status_of(&text, "5.0.0")))
+            }
+            _ if now >= received_at + self.settings.expire => {
+                s.status = Status::Expired {
+                    reason: text.clone(),
+                };
+                s.last_error = Some(text.clone());
+                notify
+                    .failure
+                    .then(|| report("failed", "4.4.7".to_string()))
+            }
+            _ => {
+                let next = self.settings.next_attempt(s.attempts, now);
+                s.next_attempt = next;
+                s.status = Status::Deferred {
+                    next_attempt: next,
+                    reason: text.clone(),
+                };
+                s.last_error = Some(text);
+                None
+            }
+        }
+    }
+
+    async fn send_dsn(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        rcpts: &[dsn::DsnRecipient],
+    ) -> Result<(), QueueError> {
+        let dsn_id = MessageId::new();
+        let body = dsn::build(&self.settings.hostname, id, env, rcpts).map_err(QueueError::Dsn)?;
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        let mut content = format!(
+            "Received: from localhost\r\n\tby {} (phigate) with DSN\r\n\tid {dsn_id};\r\n\t{date}\r\n",
+            self.settings.hostname
+        )
+        .into_bytes();
+        content.extend_from_slice(&body);
+        let dsn_env = Envelope {
+            mail_from: String::new(),
+            params: Default::default(),
+            recipients: vec![Recipient {
+                address: env.mail_from.clone(),
+                notify: Some(Notify {
+                    never: true,
+                    ..Notify::default()
+                }),
+                orcpt: None,
+            }],
+            helo: self.settings.hostname.clone(),
+            peer_ip: "127.0.0.1".into(),
+            listener: "dsn".into(),
+            auth: None,
+            tls: None,
+            received_at: now_secs(),
+            tls_floor: env.tls_floor,
+        };
+        self.spool
+            .enqueue(
+                dsn_id,
+                &dsn_env,
+                &content,
+                RecipientState::queued(now_secs()),
+            )
+            .await?;
+        info!(msg_id = %id, dsn_id = %dsn_id, recipients = rcpts.len(), "DSN queued");
+        self.wake();
+        Ok(())
+    }
+}
+
+fn log_outcome(id: MessageId, o: &RcptOutcome) {
+    let (result, code) = match &o.result {
+        AttemptResult::Delivered(r) => ("delivered", r.code),
+        AttemptResult::Transient(r) => ("deferred", r.code),
+        AttemptResult::Permanent(r) => ("bounced", r.code),
+    };
+    let hop = o.hop.clone().unwrap_or_default();
+    info!(
+        msg_id = %id, rcpt_index = o.index, result, code,
+        mx = %hop.mx_host, ip = %hop.ip, tls = %hop.tls_version, method = %hop.method,
+        "delivery attempt"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule_with_jitter() {
+        let s = QueueSettings {
+            hostname: "h".into(),
+            retry: vec![300, 600, 3600],
+            expire: 5 * 86400,
+            concurrency: 1,
+            content_after_delivery: 0,
+            metadata_retention: 0,
+        };
+        for _ in 0..50 {
+            let n = s.next_attempt(1, 1000) - 1000;
+            assert!((270..=330).contains(&n), "{n}");
+            let n = s.next_attempt(9, 1000) - 1000;
+            assert!((3240..=3960).contains(&n), "{n}");
+        }
+    }
+
+    #[test]
+    fn queue_id_from_received_header() {
+        let id = MessageId::new();
+        let c = format!("Received: from x ([1.2.3.4])\r\n\tby h (phigate) with ESMTPS\r\n\tid {id};\r\n\tdate\r\nSubject: x\r\n\r\n");
+        assert_eq!(queue_id_of(c.as_bytes()), Some(id));
+    }
+}
