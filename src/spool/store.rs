@@ -4,7 +4,10 @@
 //! metadata (IDs, states, times, counters).
 
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -83,9 +86,36 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The sled implementation.
+///
+/// sled latches the first I/O error (e.g. disk full) and fails every later call, reads
+/// included. So after an I/O error the next call drops the database and reopens it from
+/// disk: the spool resumes by itself once space returns. Commits that were never flushed
+/// (and so never acknowledged) may or may not survive the reopen, each one whole or not at all.
 pub struct SledStore {
+    dir: PathBuf,
+    inner: RwLock<Option<Inner>>,
+    poisoned: AtomicBool,
+}
+
+struct Inner {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+}
+
+impl Inner {
+    fn open(dir: &Path) -> io::Result<Self> {
+        let db = sled::Config::new().path(dir).open().map_err(sled_io)?;
+        let trees = ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sled_io)?;
+        Ok(Inner { db, trees })
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        &self.trees[t.index()]
+    }
 }
 
 fn sled_io(e: sled::Error) -> io::Error {
@@ -99,56 +129,73 @@ impl SledStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         // The spool holds only ciphertext, but its metadata is still nobody else's business.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        let db = sled::Config::new().path(dir).open().map_err(sled_io)?;
-        let trees = ALL
-            .iter()
-            .map(|t| db.open_tree(t.name()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sled_io)?;
-        Ok(SledStore { db, trees })
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(SledStore {
+            dir: dir.to_path_buf(),
+            inner: RwLock::new(Some(Inner::open(dir)?)),
+            poisoned: AtomicBool::new(false),
+        })
     }
 
-    fn tree(&self, t: Tree) -> &sled::Tree {
-        &self.trees[t.index()]
+    /// Run `f` on the open database, reopening it first if an earlier call failed.
+    fn with<T>(&self, f: impl FnOnce(&Inner) -> io::Result<T>) -> io::Result<T> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            if self.poisoned.load(Ordering::Acquire) {
+                // Drop the latched instance (releasing its file lock) before reopening.
+                *guard = None;
+                *guard = Some(Inner::open(&self.dir)?);
+                self.poisoned.store(false, Ordering::Release);
+            }
+        }
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = guard
+            .as_ref()
+            .ok_or_else(|| io::Error::other("spool database is closed after an I/O error"))?;
+        let res = f(inner);
+        if res.is_err() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        res
     }
 }
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        self.tree(tree)
-            .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(sled_io)
+        self.with(|db| {
+            db.tree(tree)
+                .get(key)
+                .map(|v| v.map(|v| v.to_vec()))
+                .map_err(sled_io)
+        })
     }
 
     fn commit(&self, ops: &[Op]) -> io::Result<()> {
-        let t = &self.trees;
-        let res: Result<(), TransactionError<()>> = (
-            &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6],
-        )
-            .transaction(|(a, b, c, d, e, f, g)| {
-                let txs = [a, b, c, d, e, f, g];
-                for op in ops {
-                    match op {
-                        Op::Put(tree, k, v) => {
-                            txs[tree.index()].insert(k.as_slice(), v.as_slice())?;
-                        }
-                        Op::Delete(tree, k) => {
-                            txs[tree.index()].remove(k.as_slice())?;
+        self.with(|db| {
+            let t = &db.trees;
+            let res: Result<(), TransactionError<()>> = (
+                &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6],
+            )
+                .transaction(|(a, b, c, d, e, f, g)| {
+                    let txs = [a, b, c, d, e, f, g];
+                    for op in ops {
+                        match op {
+                            Op::Put(tree, k, v) => {
+                                txs[tree.index()].insert(k.as_slice(), v.as_slice())?;
+                            }
+                            Op::Delete(tree, k) => {
+                                txs[tree.index()].remove(k.as_slice())?;
+                            }
                         }
                     }
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        match res {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(sled_io(e)),
-            Err(TransactionError::Abort(())) => Err(io::Error::other("transaction aborted")),
-        }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                });
+            match res {
+                Ok(()) => Ok(()),
+                Err(TransactionError::Storage(e)) => Err(sled_io(e)),
+                Err(TransactionError::Abort(())) => Err(io::Error::other("transaction aborted")),
+            }
+        })
     }
 
     fn scan(
@@ -158,28 +205,32 @@ impl Store for SledStore {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> io::Result<()> {
-        let t = self.tree(tree);
-        let iter = match end {
-            Some(end) => t.range(start.to_vec()..end.to_vec()),
-            None => t.range(start.to_vec()..),
-        };
-        for item in iter {
-            let (k, v) = item.map_err(sled_io)?;
-            if !visit(&k, &v) {
-                break;
+        self.with(|db| {
+            let t = db.tree(tree);
+            let iter = match end {
+                Some(end) => t.range(start.to_vec()..end.to_vec()),
+                None => t.range(start.to_vec()..),
+            };
+            for item in iter {
+                let (k, v) = item.map_err(sled_io)?;
+                if !visit(&k, &v) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn compare_and_swap(&self, tree: Tree, key: &[u8], old: &[u8], new: &[u8]) -> io::Result<bool> {
-        self.tree(tree)
-            .compare_and_swap(key, Some(old), Some(new))
-            .map(|r| r.is_ok())
-            .map_err(sled_io)
+        self.with(|db| {
+            db.tree(tree)
+                .compare_and_swap(key, Some(old), Some(new))
+                .map(|r| r.is_ok())
+                .map_err(sled_io)
+        })
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.db.flush().map(|_| ()).map_err(sled_io)
+        self.with(|db| db.db.flush().map(|_| ()).map_err(sled_io))
     }
 }
