@@ -247,6 +247,8 @@ pub struct GwOpts {
     pub listeners: Vec<ListenerSpec>,
     pub server_extra: String,
     pub auth_extra: String,
+    /// Extra `[auth]` lines that depend on the generated PKI (e.g. fingerprints).
+    pub auth_extra_pki: Option<Box<dyn Fn(&Pki) -> String>>,
     pub allow_networks: Vec<&'static str>,
     pub client_ca: bool,
     pub users: Vec<&'static str>,
@@ -262,6 +264,7 @@ impl Default for GwOpts {
             ],
             server_extra: String::new(),
             auth_extra: String::new(),
+            auth_extra_pki: None,
             allow_networks: vec!["127.0.0.1/32"],
             client_ca: false,
             users: vec![],
@@ -327,10 +330,11 @@ impl Gateway {
             cfg += &format!("client_ca = \"{}\"\n", pki.client_ca.display());
         }
         cfg += &format!(
-            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n\n[delivery]\nmode = \"sandbox\"\n",
+            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\nmode = \"sandbox\"\n",
             tmp.path().join("users").display(),
             toml_list(&opts.allow_networks),
-            opts.auth_extra
+            opts.auth_extra,
+            opts.auth_extra_pki.as_ref().map(|f| f(&pki)).unwrap_or_default()
         );
         let config = tmp.path().join("phigate.toml");
         std::fs::write(&config, cfg).expect("write config");
