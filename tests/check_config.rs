@@ -56,7 +56,10 @@ fn check(dir: &Path, name: &str, text: &str) -> (bool, String, String, PathBuf) 
 fn assert_refused(dir: &Path, name: &str, text: &str, key: &str, what: &str) {
     let (ok, _, err, path) = check(dir, name, text);
     assert!(!ok, "{name}: accepted");
-    assert!(err.contains(&path.display().to_string()), "{name}: file not named: {err}");
+    assert!(
+        err.contains(&path.display().to_string()),
+        "{name}: file not named: {err}"
+    );
     assert!(err.contains(key), "{name}: key `{key}` not named: {err}");
     assert!(err.contains(what), "{name}: `{what}` not said: {err}");
     assert_eq!(err.trim().lines().count(), 1, "{name}: not one line: {err}");
@@ -88,16 +91,40 @@ fn each_mistake_is_named_with_file_and_key() {
         &pki.cert.display().to_string(),
         &missing.display().to_string(),
     );
-    assert_refused(dir, "missing-cert.toml", &text, "tls.cert", &missing.display().to_string());
+    assert_refused(
+        dir,
+        "missing-cert.toml",
+        &text,
+        "tls.cert",
+        &missing.display().to_string(),
+    );
 
     // Tests run as root, so chmod 000 would not stop a read: use a directory...
     let keydir = dir.join("keydir");
     std::fs::create_dir_all(&keydir).expect("mkdir");
-    let text = good.replace(&pki.key.display().to_string(), &keydir.display().to_string());
-    assert_refused(dir, "key-dir.toml", &text, "tls.key", &keydir.display().to_string());
+    let text = good.replace(
+        &pki.key.display().to_string(),
+        &keydir.display().to_string(),
+    );
+    assert_refused(
+        dir,
+        "key-dir.toml",
+        &text,
+        "tls.key",
+        &keydir.display().to_string(),
+    );
     // ...and a file that holds no PEM key (a certificate).
-    let text = good.replace(&pki.key.display().to_string(), &pki.ca.display().to_string());
-    assert_refused(dir, "key-not-pem.toml", &text, "tls.key", "no PEM PRIVATE KEY");
+    let text = good.replace(
+        &pki.key.display().to_string(),
+        &pki.ca.display().to_string(),
+    );
+    assert_refused(
+        dir,
+        "key-not-pem.toml",
+        &text,
+        "tls.key",
+        "no PEM PRIVATE KEY",
+    );
 
     let text = good.replace("10.0.0.0/8", "10.0.0.0/33");
     assert_refused(dir, "cidr.toml", &text, "auth.allow_networks[0]", "CIDR");

@@ -49,7 +49,11 @@ fn auth_plain_and_login_succeed_and_wrong_passwords_fail() {
     let t = py(gw.peer("smtps", steps));
     let ehlo = &t.steps[0].replies[0].lines;
     assert!(ehlo.iter().any(|l| l == "250-AUTH PLAIN LOGIN"), "{ehlo:?}");
-    assert_eq!(t.line(1), AUTH_REQUIRED, "password-only listener let MAIL through");
+    assert_eq!(
+        t.line(1),
+        AUTH_REQUIRED,
+        "password-only listener let MAIL through"
+    );
     assert_eq!(t.line(2), AUTH_BAD);
     assert_eq!(t.line(3), "334 VXNlcm5hbWU6");
     assert_eq!(t.line(4), "334 UGFzc3dvcmQ6");
@@ -58,7 +62,10 @@ fn auth_plain_and_login_succeed_and_wrong_passwords_fail() {
     assert_eq!(t.line(7), "250 2.1.0 Ok");
     let id = t.steps[9].replies[0].queued_id().expect("queued");
     let (eml, env) = gw.message(&id);
-    assert_eq!(env["auth"], json!({"method": "password", "identity": "alice"}));
+    assert_eq!(
+        env["auth"],
+        json!({"method": "password", "identity": "alice"})
+    );
     assert!(split_received(&eml).0.contains("with ESMTPSA"));
 
     // PLAIN succeeds on its own, and LOGIN with a wrong password fails.
@@ -84,7 +91,11 @@ fn auth_plain_and_login_succeed_and_wrong_passwords_fail() {
             send("AUTH CRAM-MD5\r\n"),
         ],
     ));
-    assert_eq!(t.line(1), AUTH_BAD, "unknown user must fail like a wrong password");
+    assert_eq!(
+        t.line(1),
+        AUTH_BAD,
+        "unknown user must fail like a wrong password"
+    );
     assert_eq!(t.line(2), "504 5.5.4 Unrecognized authentication type");
 }
 
@@ -100,17 +111,35 @@ fn swaks_authenticates_with_login_over_starttls() {
             .arg(gw.port("submission").to_string())
             .args(["--tls", "--tls-verify", "--tls-ca-path"])
             .arg(&gw.pki.ca)
-            .args(["--auth", "LOGIN", "--auth-user", "alice", "--auth-password", password])
-            .args(["--from", "sender@clinic.test", "--to", "patient@example.net"])
+            .args([
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                password,
+            ])
+            .args([
+                "--from",
+                "sender@clinic.test",
+                "--to",
+                "patient@example.net",
+            ])
             .output()
             .expect("run swaks");
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let ok = run(PASSWORD);
-    assert!(ok.contains("<~  235 2.7.0 Authentication successful"), "{ok}");
+    assert!(
+        ok.contains("<~  235 2.7.0 Authentication successful"),
+        "{ok}"
+    );
     assert!(ok.contains("250 2.0.0 Ok: queued as"), "{ok}");
     let bad = run("definitely wrong");
-    assert!(bad.contains("<~* 535 5.7.8 Authentication credentials invalid"), "{bad}");
+    assert!(
+        bad.contains("<~* 535 5.7.8 Authentication credentials invalid"),
+        "{bad}"
+    );
     assert!(!bad.contains("queued as"), "{bad}");
     assert_eq!(gw.messages().len(), 1);
 }
@@ -141,7 +170,10 @@ fn repeated_auth_failures_are_cut_off() {
         t.line(3),
         "421 4.7.0 Too many authentication failures, try again later"
     );
-    assert!(t.steps[4].closed && t.steps[4].replies.is_empty(), "session not closed");
+    assert!(
+        t.steps[4].closed && t.steps[4].replies.is_empty(),
+        "session not closed"
+    );
     // Even the right password is refused from a locked-out address.
     let t = py(gw.peer(
         "smtps",
@@ -171,7 +203,10 @@ fn auth_is_refused_where_not_offered() {
             send(&auth_plain("alice", PASSWORD)),
         ],
     ));
-    assert!(!t.steps[0].replies[0].lines.iter().any(|l| l.contains("AUTH")));
+    assert!(!t.steps[0].replies[0]
+        .lines
+        .iter()
+        .any(|l| l.contains("AUTH")));
     assert_eq!(t.line(1), "502 5.5.1 AUTH not available on this listener");
 }
 

@@ -19,7 +19,10 @@ fn check_received(received: &str, tls: &serde_json::Value) {
         received.contains(&format!("(using {version} with cipher {cipher})")),
         "Received header lacks TLS facts: {received}"
     );
-    assert!(received.contains(&format!("by {HOSTNAME} (phigate)")), "{received}");
+    assert!(
+        received.contains(&format!("by {HOSTNAME} (phigate)")),
+        "{received}"
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn implicit_tls_delivery_with_swaks_is_byte_exact() {
     assert_eq!(rest, MESSAGE, "stored content differs from what was sent");
     assert!(crlf_only(&eml));
     check_received(&received, &env["tls"]);
-    assert!(received.contains("from ehr.clinic.test ([127.0.0.1])"), "{received}");
+    assert!(
+        received.contains("from ehr.clinic.test ([127.0.0.1])"),
+        "{received}"
+    );
     assert!(received.contains(&format!("id {id};")), "{received}");
     assert_eq!(env["mail_from"], "sender@clinic.test");
     assert_eq!(env["recipients"][0]["address"], "patient@example.net");
@@ -99,8 +105,14 @@ fn starttls_delivery_with_smtplib_and_auth_keeps_dsn_parameters() {
         "{res}"
     );
     let ehlo = res["ehlo"][1].as_str().unwrap_or("");
-    assert!(ehlo.contains("AUTH PLAIN LOGIN") && ehlo.contains("REQUIRETLS"), "{ehlo}");
-    assert!(!ehlo.contains("STARTTLS"), "STARTTLS offered inside TLS: {ehlo}");
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && ehlo.contains("REQUIRETLS"),
+        "{ehlo}"
+    );
+    assert!(
+        !ehlo.contains("STARTTLS"),
+        "STARTTLS offered inside TLS: {ehlo}"
+    );
     assert_eq!(res["data"][0], 250, "{res}");
     let text = res["data"][1].as_str().unwrap_or("");
     let id = text
@@ -111,7 +123,10 @@ fn starttls_delivery_with_smtplib_and_auth_keeps_dsn_parameters() {
     assert_eq!(rest, MESSAGE);
     check_received(&received, &env["tls"]);
     assert!(received.contains("with ESMTPSA"), "{received}");
-    assert_eq!(env["auth"], json!({"method": "password", "identity": "alice"}));
+    assert_eq!(
+        env["auth"],
+        json!({"method": "password", "identity": "alice"})
+    );
     assert_eq!(env["listener"], "submission");
     assert_eq!(env["params"]["size"], 400);
     assert_eq!(env["params"]["ret"], "hdrs");
@@ -134,7 +149,14 @@ fn starttls_delivery_with_openssl_s_client() {
     let gw = Gateway::start(GwOpts::default());
     let script = "EHLO ehr.clinic.test\nMAIL FROM:<sender@clinic.test>\nRCPT TO:<patient@example.net>\nDATA\nSubject: s_client\n\nbody via openssl\n.\nQUIT\n";
     let mut child = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-crlf", "-ign_eof", "-brief"])
+        .args([
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-crlf",
+            "-ign_eof",
+            "-brief",
+        ])
         .args(["-connect", &format!("127.0.0.1:{}", gw.port("submission"))])
         .args(["-servername", "localhost", "-verify_return_error"])
         .args(["-verify_hostname", "localhost", "-CAfile"])
@@ -189,14 +211,21 @@ fn bdat_chunks_are_stored_byte_exact_and_bare_lf_is_refused() {
             send("NOOP\r\n"),
         ],
     ));
-    assert!(t.steps[0].replies[0].lines.iter().any(|l| l == "250-CHUNKING"));
+    assert!(t.steps[0].replies[0]
+        .lines
+        .iter()
+        .any(|l| l == "250-CHUNKING"));
     assert_eq!(t.line(3), format!("250 2.0.0 {} octets received", c1.len()));
     let id = t.steps[4].replies[0]
         .queued_id()
         .unwrap_or_else(|| panic!("{:?}", t.steps[4]));
     assert_eq!(t.line(5), "250 2.1.0 Ok");
     assert!(t.line(7).starts_with("554 5.5.2 "), "{}", t.line(7));
-    assert_eq!(t.line(8), "250 2.0.0 Ok", "session stays in sync after refusal");
+    assert_eq!(
+        t.line(8),
+        "250 2.0.0 Ok",
+        "session stays in sync after refusal"
+    );
     let (eml, _) = gw.message(&id);
     let (_, rest) = split_received(&eml);
     assert_eq!(rest, format!("{c1}{c2}").as_bytes());
@@ -220,9 +249,19 @@ fn data_dot_unstuffing_and_end_detection_are_exact() {
             send("Subject: dots\r\n\r\n..\r\n...x\r\n. \r\n.\r\n"),
         ],
     ));
-    assert_eq!(t.lines(1), ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]);
+    assert_eq!(
+        t.lines(1),
+        [
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>"
+        ]
+    );
     let id = t.steps[2].replies[0].queued_id().expect("queued");
     let (eml, env) = gw.message(&id);
-    assert_eq!(split_received(&eml).1, b"Subject: dots\r\n\r\n.\r\n..x\r\n \r\n");
+    assert_eq!(
+        split_received(&eml).1,
+        b"Subject: dots\r\n\r\n.\r\n..x\r\n \r\n"
+    );
     assert_eq!(env["mail_from"], "", "null sender kept");
 }

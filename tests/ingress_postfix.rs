@@ -164,7 +164,10 @@ fn relay_through_postfix(listener: &str, wrapper: bool) {
     let (_, eml, env) = &msgs[0];
     let text = String::from_utf8_lossy(eml);
     assert!(text.contains(&format!("Subject: {marker}\r\n")), "{text}");
-    assert!(text.contains("\r\n\r\nhello from a legacy EHR\r\n"), "{text}");
+    assert!(
+        text.contains("\r\n\r\nhello from a legacy EHR\r\n"),
+        "{text}"
+    );
     assert!(crlf_only(eml));
     assert_eq!(env["mail_from"], "client@upstream.invalid");
     assert_eq!(env["recipients"][0]["address"], "patient@example.net");

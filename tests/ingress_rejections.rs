@@ -43,7 +43,10 @@ fn malformed_commands_get_500_5_5_2() {
     assert_eq!(c.cmd(b"FROB\r\n"), "500 5.5.2 Command not recognized");
     assert_eq!(c.cmd(b"NOOP\n"), "500 5.5.2 Bare LF in command refused");
     assert_eq!(c.cmd(b"NO\rOP\r\n"), "500 5.5.2 Bare CR in command refused");
-    assert_eq!(c.cmd(b"NO\0OP\r\n"), "500 5.5.2 NUL byte in command refused");
+    assert_eq!(
+        c.cmd(b"NO\0OP\r\n"),
+        "500 5.5.2 NUL byte in command refused"
+    );
     // 512 octets including CRLF is the limit (RFC 5321 §4.5.3.1.4).
     let ok = format!("NOOP {}\r\n", "x".repeat(512 - 7));
     assert_eq!(ok.len(), 512);
@@ -111,7 +114,10 @@ fn size_limit_is_enforced_by_parameter_and_while_reading() {
             send("NOOP\r\n"),
         ],
     ));
-    assert!(t.steps[0].replies[0].lines.iter().any(|l| l == "250-SIZE 4096"));
+    assert!(t.steps[0].replies[0]
+        .lines
+        .iter()
+        .any(|l| l == "250-SIZE 4096"));
     assert_eq!(
         t.line(1),
         "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -239,13 +245,24 @@ fn plaintext_pipelined_after_starttls_is_discarded_and_state_resets() {
         ],
     ));
     assert_eq!(t.line(1), "220 2.0.0 Ready to start TLS");
-    assert!(t.tls["version"].as_str().is_some_and(|v| v.starts_with("TLSv1.")));
+    assert!(t.tls["version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("TLSv1.")));
     let after = &t.steps[2].replies;
-    assert_eq!(after.len(), 1, "extra replies after the handshake: {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "extra replies after the handshake: {after:?}"
+    );
     assert_eq!(after[0].code, 250);
-    assert_eq!(after[0].lines[0], format!("250-{HOSTNAME} Hello [127.0.0.1]"));
+    assert_eq!(
+        after[0].lines[0],
+        format!("250-{HOSTNAME} Hello [127.0.0.1]")
+    );
     assert_eq!(t.line(3), "250 2.1.0 Ok");
-    assert!(gw.log().contains("discarding data pipelined after STARTTLS"));
+    assert!(gw
+        .log()
+        .contains("discarding data pipelined after STARTTLS"));
 
     // RFC 3207 §4.2: everything from before TLS is forgotten, EHLO included.
     let t = py(gw.peer(

@@ -37,7 +37,10 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     // Wait until the held session is mid-transaction.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while gw.log().matches("TLS established").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "held session never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "held session never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -50,29 +53,52 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     gw.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !gw.log().contains("configuration reloaded") {
-        assert!(std::time::Instant::now() < deadline, "no reload:\n{}", gw.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            gw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(served_fingerprint(port, &gw.pki.ca), new);
 
     std::fs::write(&go, b"").expect("release held session");
     let t = py_wait(held);
-    assert_eq!(t.tls["peer_sha256"], json!(old), "held session was re-handshaked");
+    assert_eq!(
+        t.tls["peer_sha256"],
+        json!(old),
+        "held session was re-handshaked"
+    );
     assert_eq!(t.line(2), "354 End data with <CR><LF>.<CR><LF>");
-    let id = t.steps[3].replies[0].queued_id().expect("held session completed");
-    assert!(gw.message(&id).0.ends_with(b"finished after the signal\r\n"));
+    let id = t.steps[3].replies[0]
+        .queued_id()
+        .expect("held session completed");
+    assert!(gw
+        .message(&id)
+        .0
+        .ends_with(b"finished after the signal\r\n"));
 
     // A broken certificate at reload: refused, the last good one stays, process lives.
-    std::fs::write(&gw.pki.cert, b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
-        .expect("break cert");
+    std::fs::write(
+        &gw.pki.cert,
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .expect("break cert");
     gw.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !gw.log().contains("reload refused") {
-        assert!(std::time::Instant::now() < deadline, "no refusal:\n{}", gw.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal:\n{}",
+            gw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut gw = gw;
-    assert!(gw.wait_exit(Duration::from_millis(200)).is_none(), "process died");
+    assert!(
+        gw.wait_exit(Duration::from_millis(200)).is_none(),
+        "process died"
+    );
     assert_eq!(served_fingerprint(port, &gw.pki.ca), new);
 }
 
@@ -110,14 +136,21 @@ fn sigterm_answers_idle_sessions_finishes_transactions_and_exits_zero() {
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while gw.log().matches("TLS established").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "sessions never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
     gw.signal("TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !gw.log().contains("shutting down") {
-        assert!(std::time::Instant::now() < deadline, "no shutdown:\n{}", gw.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shutdown:\n{}",
+            gw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Idle sessions are told at once.
@@ -136,7 +169,9 @@ fn sigterm_answers_idle_sessions_finishes_transactions_and_exits_zero() {
     std::fs::write(&go, b"").expect("release busy session");
     let t = py_wait(busy);
     assert_eq!(t.line(5), "354 End data with <CR><LF>.<CR><LF>");
-    let id = t.steps[6].replies[0].queued_id().expect("busy session completed");
+    let id = t.steps[6].replies[0]
+        .queued_id()
+        .expect("busy session completed");
     assert!(gw.message(&id).0.ends_with(b"finished during shutdown\r\n"));
     let st = gw.wait_exit(Duration::from_secs(15)).expect("did not exit");
     assert!(st.success(), "exit status {st}");
@@ -184,7 +219,10 @@ fn no_phi_in_logs_at_debug_level() {
     assert_eq!(stored.len(), 1);
     assert!(String::from_utf8_lossy(&stored[0].1).contains(canary));
     let log = gw.log();
-    assert!(log.contains("DEBUG") || log.contains("debug"), "not at debug level");
+    assert!(
+        log.contains("DEBUG") || log.contains("debug"),
+        "not at debug level"
+    );
     assert!(log.contains("end of data"), "{log}");
     assert!(!log.contains(canary), "PHI canary in the log:\n{log}");
     assert!(!log.contains(PASSWORD), "password in the log");

@@ -70,7 +70,11 @@ fn run_mode(gw: &Gateway, listener: &str, auth: bool) -> usize {
         }
         assert_eq!(
             t.lines(n - 2),
-            ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"],
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>"
+            ],
             "{ctx}"
         );
         let after = &t.steps[n - 1].replies;
@@ -83,7 +87,11 @@ fn run_mode(gw: &Gateway, listener: &str, auth: bool) -> usize {
             assert_eq!(ids.len(), 2, "{ctx}");
             assert_eq!(
                 &lines[1..4],
-                ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"],
+                [
+                    "250 2.1.0 Ok",
+                    "250 2.1.5 Ok",
+                    "354 End data with <CR><LF>.<CR><LF>"
+                ],
                 "{ctx}"
             );
             let (first, _) = gw.message(&ids[0]);
@@ -109,10 +117,7 @@ fn run_mode(gw: &Gateway, listener: &str, auth: bool) -> usize {
             // Accepted as one message: the smuggled commands are just text inside it.
             let (eml, _) = gw.message(&id);
             let text = String::from_utf8_lossy(&eml);
-            assert!(
-                text.contains("MAIL FROM:<smuggled@evil.example>"),
-                "{ctx}"
-            );
+            assert!(text.contains("MAIL FROM:<smuggled@evil.example>"), "{ctx}");
         } else {
             assert!(r.last().starts_with("554 5."), "{ctx}");
         }
@@ -146,7 +151,11 @@ fn every_end_of_data_sequence_leaves_at_most_one_message() {
         )
     });
     let stored = gw.messages();
-    assert_eq!(stored.len(), a + b, "stored messages differ from 250 replies");
+    assert_eq!(
+        stored.len(),
+        a + b,
+        "stored messages differ from 250 replies"
+    );
     // Control: 2 per mode; crlf_dotdot_crlf: 1 per mode; everything else refused.
     assert_eq!(a, 3, "ip mode");
     assert_eq!(b, 3, "auth mode");

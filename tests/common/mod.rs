@@ -37,7 +37,9 @@ pub fn require_tool(name: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required test tool `{name}` is missing (CI=true); run scripts/test.sh to install it");
+        panic!(
+            "required test tool `{name}` is missing (CI=true); run scripts/test.sh to install it"
+        );
     }
     eprintln!("SKIP: `{name}` not installed; run scripts/test.sh to install test peers");
     false
@@ -200,7 +202,12 @@ fn parse_openssl_fingerprint(s: &str) -> String {
 pub fn served_fingerprint(port: u16, ca: &Path) -> String {
     let out = Command::new("openssl")
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(["-servername", "localhost", "-verify_return_error", "-CAfile"])
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+        ])
         .arg(ca)
         .stdin(Stdio::null())
         .output()
@@ -241,6 +248,9 @@ pub struct ListenerSpec {
     pub auth: Vec<&'static str>,
 }
 
+/// Builds config lines from the generated PKI.
+pub type PkiConfigFn = Box<dyn Fn(&Pki) -> String>;
+
 /// What a test wants from its gateway; `Default` gives an implicit and a STARTTLS
 /// listener accepting password and 127.0.0.1/32.
 pub struct GwOpts {
@@ -248,7 +258,7 @@ pub struct GwOpts {
     pub server_extra: String,
     pub auth_extra: String,
     /// Extra `[auth]` lines that depend on the generated PKI (e.g. fingerprints).
-    pub auth_extra_pki: Option<Box<dyn Fn(&Pki) -> String>>,
+    pub auth_extra_pki: Option<PkiConfigFn>,
     pub allow_networks: Vec<&'static str>,
     pub client_ca: bool,
     pub users: Vec<&'static str>,
@@ -402,7 +412,11 @@ impl Gateway {
             if self.log().contains("phigate ready") {
                 break;
             }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("phigate exited early ({st}):\n{}", self.log());
             }
             assert!(
@@ -605,7 +619,10 @@ impl Transcript {
             })
             .unwrap_or_default();
         Transcript {
-            greeting: v.get("greeting").filter(|g| !g.is_null()).map(Reply::from_json),
+            greeting: v
+                .get("greeting")
+                .filter(|g| !g.is_null())
+                .map(Reply::from_json),
             steps,
             tls: v["tls"].clone(),
             raw: v,
