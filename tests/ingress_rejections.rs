@@ -56,6 +56,10 @@ fn malformed_commands_get_500_5_5_2() {
     let very_long = format!("NOOP {}\r\n", "x".repeat(5000));
     assert_eq!(c.cmd(very_long.as_bytes()), "500 5.5.2 Line too long");
     assert_eq!(c.cmd(b"NOOP\r\n"), "250 2.0.0 Ok", "back in sync");
+    // The harmless commands RFC 5321 requires stay available before TLS.
+    assert!(c.cmd(b"VRFY someone\r\n").starts_with("252 2.5.0 "));
+    assert!(c.cmd(b"HELP\r\n").starts_with("214 2.0.0 "));
+    assert_eq!(c.cmd(b"RSET\r\n"), "250 2.0.0 Ok");
 }
 
 #[test]

@@ -409,6 +409,8 @@ impl Gateway {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // Logged only after every listener is bound. No probe connections: they
+            // would hold connection-limit slots the tests count on.
             if self.log().contains("phigate ready") {
                 break;
             }
@@ -425,12 +427,6 @@ impl Gateway {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
-        for (_, port) in &self.ports {
-            assert!(
-                TcpStream::connect(("127.0.0.1", *port)).is_ok(),
-                "port {port} not open"
-            );
         }
     }
 
