@@ -1,0 +1,137 @@
+//! `phigate check-config`: exit 0 with a one-line summary for a good file, non-zero
+//! naming the file and the key for each kind of mistake.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn good_config(dir: &Path, pki: &Pki) -> String {
+    format!(
+        r#"[server]
+hostname = "{HOSTNAME}"
+data_dir = "{data}"
+
+[[listener]]
+name = "smtps"
+addr = "127.0.0.1:4650"
+tls = "implicit"
+auth = ["password", "ip"]
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[auth]
+users_file = "{users}"
+allow_networks = ["10.0.0.0/8"]
+
+[delivery]
+mode = "sandbox"
+"#,
+        data = dir.join("data").display(),
+        cert = pki.cert.display(),
+        key = pki.key.display(),
+        users = dir.join("users").display(),
+    )
+}
+
+/// Write `text` as a config file and run check-config on it: (exit ok, stdout, stderr).
+fn check(dir: &Path, name: &str, text: &str) -> (bool, String, String, PathBuf) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        path,
+    )
+}
+
+fn assert_refused(dir: &Path, name: &str, text: &str, key: &str, what: &str) {
+    let (ok, _, err, path) = check(dir, name, text);
+    assert!(!ok, "{name}: accepted");
+    assert!(
+        err.contains(&path.display().to_string()),
+        "{name}: file not named: {err}"
+    );
+    assert!(err.contains(key), "{name}: key `{key}` not named: {err}");
+    assert!(err.contains(what), "{name}: `{what}` not said: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{name}: not one line: {err}");
+}
+
+#[test]
+fn good_config_gives_a_one_line_summary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(tmp.path());
+    let (ok, out, err, path) = check(tmp.path(), "good.toml", &good_config(tmp.path(), &pki));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(out.starts_with(&format!("{}: ok", path.display())), "{out}");
+    assert!(out.contains("smtps 127.0.0.1:4650 implicit-tls"), "{out}");
+}
+
+#[test]
+fn each_mistake_is_named_with_file_and_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let pki = Pki::new(dir);
+    let good = good_config(dir, &pki);
+
+    let unknown = good.replace("[delivery]\n", "[delivery]\nsmarthost = \"x\"\n");
+    assert_refused(dir, "unknown.toml", &unknown, "delivery", "smarthost");
+
+    let missing = dir.join("nope/cert.pem");
+    let text = good.replace(
+        &pki.cert.display().to_string(),
+        &missing.display().to_string(),
+    );
+    assert_refused(
+        dir,
+        "missing-cert.toml",
+        &text,
+        "tls.cert",
+        &missing.display().to_string(),
+    );
+
+    // Tests run as root, so chmod 000 would not stop a read: use a directory...
+    let keydir = dir.join("keydir");
+    std::fs::create_dir_all(&keydir).expect("mkdir");
+    let text = good.replace(
+        &pki.key.display().to_string(),
+        &keydir.display().to_string(),
+    );
+    assert_refused(
+        dir,
+        "key-dir.toml",
+        &text,
+        "tls.key",
+        &keydir.display().to_string(),
+    );
+    // ...and a file that holds no PEM key (a certificate).
+    let text = good.replace(
+        &pki.key.display().to_string(),
+        &pki.ca.display().to_string(),
+    );
+    assert_refused(
+        dir,
+        "key-not-pem.toml",
+        &text,
+        "tls.key",
+        "no PEM PRIVATE KEY",
+    );
+
+    let text = good.replace("10.0.0.0/8", "10.0.0.0/33");
+    assert_refused(dir, "cidr.toml", &text, "auth.allow_networks[0]", "CIDR");
+
+    let text = good.replace("tls = \"implicit\"\n", "");
+    assert_refused(dir, "no-tls.toml", &text, "listener[0]", "tls");
+
+    let text = good.replace("tls = \"implicit\"", "tls = \"none\"");
+    assert_refused(dir, "plain-tls.toml", &text, "listener[0].tls", "none");
+}
