@@ -117,7 +117,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
     let handoff: Arc<dyn Handoff> = Arc::new(Pipeline::new(queue.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let queue_task = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
+    // The queue stops only after the sessions have drained, so mail accepted during the
+    // grace period is still delivered if it can be.
+    let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
+    let queue_task = tokio::spawn(queue.clone().run(queue_stop_rx));
     let shared = Arc::new(Shared {
         hostname: cfg.server.hostname.clone(),
         max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
@@ -203,7 +206,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     {
         warn!("grace period over, closing remaining sessions");
     }
-    let _ = queue_task.await;
+    let _ = queue_stop_tx.send(true);
+    let grace = current.server.shutdown_grace.duration();
+    if tokio::time::timeout(grace, queue_task).await.is_err() {
+        warn!("delivery attempts still running; they will be retried at the next start");
+    }
     info!("stopped");
     Ok(())
 }

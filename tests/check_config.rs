@@ -28,11 +28,16 @@ allow_networks = ["10.0.0.0/8"]
 
 [delivery]
 mode = "sandbox"
+
+[spool]
+key_file = "{keys}"
+generate_key = true
 "#,
         data = dir.join("data").display(),
         cert = pki.cert.display(),
         key = pki.key.display(),
         users = dir.join("users").display(),
+        keys = dir.join("master.keys").display(),
     )
 }
 

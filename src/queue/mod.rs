@@ -203,51 +203,17 @@ impl Queue {
         Ok(n)
     }
 
-    /// Scheduler loop: runs until `shutdown` turns true. Attempts in progress at shutdown
-    /// are abandoned; their recipients are still queued on disk and are retried at the
-    /// next start (delivery is at-least-once).
+    /// Scheduler loop: runs until `shutdown` turns true, then makes one last pass over
+    /// what is due and waits for attempts in progress. Anything not finished stays queued
+    /// on disk and is retried at the next start (delivery is at-least-once).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut last_sweep = 0u64;
         loop {
+            let stopping = *shutdown.borrow();
             let now = now_secs();
-            match self.spool.due(now) {
-                Ok(due) => {
-                    for id in due {
-                        if self
-                            .broken
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .contains(&id)
-                        {
-                            continue;
-                        }
-                        if !self
-                            .inflight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id)
-                        {
-                            continue;
-                        }
-                        let permit = tokio::select! {
-                            p = self.slots.clone().acquire_owned() => p,
-                            _ = shutdown.changed() => return,
-                        };
-                        let Ok(permit) = permit else { return };
-                        let q = self.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = q.attempt(id).await {
-                                q.report_failure(id, &e);
-                            }
-                            q.inflight
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&id);
-                            drop(permit);
-                        });
-                    }
-                }
-                Err(e) => error!(error = %e, "cannot read the queue schedule"),
+            self.dispatch_due(now).await;
+            if stopping {
+                break;
             }
             if now >= last_sweep + 60 {
                 last_sweep = now;
@@ -256,10 +222,52 @@ impl Queue {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { return; }
-                }
+                _ = shutdown.changed() => {}
             }
+        }
+        let all = u32::try_from(self.settings.concurrency.max(1)).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
+
+    async fn dispatch_due(self: &Arc<Self>, now: u64) {
+        let due = match self.spool.due(now) {
+            Ok(d) => d,
+            Err(e) => {
+                error!(error = %e, "cannot read the queue schedule");
+                return;
+            }
+        };
+        for id in due {
+            if self
+                .broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+            {
+                continue;
+            }
+            if !self
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let q = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = q.attempt(id).await {
+                    q.report_failure(id, &e);
+                }
+                q.inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                drop(permit);
+            });
         }
     }
 

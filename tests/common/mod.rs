@@ -340,11 +340,12 @@ impl Gateway {
             cfg += &format!("client_ca = \"{}\"\n", pki.client_ca.display());
         }
         cfg += &format!(
-            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\nmode = \"sandbox\"\n",
+            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\nmode = \"sandbox\"\n\n[spool]\nkey_file = \"{}\"\ngenerate_key = true\n",
             tmp.path().join("users").display(),
             toml_list(&opts.allow_networks),
             opts.auth_extra,
-            opts.auth_extra_pki.as_ref().map(|f| f(&pki)).unwrap_or_default()
+            opts.auth_extra_pki.as_ref().map(|f| f(&pki)).unwrap_or_default(),
+            tmp.path().join("master.keys").display()
         );
         let config = tmp.path().join("phigate.toml");
         std::fs::write(&config, cfg).expect("write config");
@@ -473,8 +474,27 @@ impl Gateway {
         self.data.join("sandbox")
     }
 
-    /// Stored messages: (id, .eml bytes, .json envelope), sorted by id.
+    /// Stored messages: (id, .eml bytes, .json envelope), sorted by id. The queue
+    /// delivers to the sandbox just after the 250, so wait until the count has been
+    /// stable for half a second (at most 15 s).
     pub fn messages(&self) -> Vec<(String, Vec<u8>, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = self.messages_now();
+        let mut stable_since = Instant::now();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.messages_now();
+            if now.len() != last.len() {
+                stable_since = Instant::now();
+                last = now;
+            } else if stable_since.elapsed() >= Duration::from_millis(500) {
+                return now;
+            }
+        }
+        last
+    }
+
+    fn messages_now(&self) -> Vec<(String, Vec<u8>, Value)> {
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir(self.sandbox_dir()) else {
             return out;
@@ -498,7 +518,12 @@ impl Gateway {
         out
     }
 
+    /// The message with this queue ID, waiting for the queue to deliver it to the sandbox.
     pub fn message(&self, id: &str) -> (Vec<u8>, Value) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.sandbox_dir().join(format!("{id}.json")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let eml = std::fs::read(self.sandbox_dir().join(format!("{id}.eml")))
             .unwrap_or_else(|e| panic!("message {id} not stored: {e}"));
         let json = serde_json::from_slice(
@@ -512,7 +537,7 @@ impl Gateway {
     pub fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>, Value)> {
         let deadline = Instant::now() + timeout;
         loop {
-            let m = self.messages();
+            let m = self.messages_now();
             if m.len() >= n || Instant::now() > deadline {
                 return m;
             }
