@@ -9,3 +9,6 @@
 //! - L5 `cli`
 
 pub mod types;
+pub mod dlp;
+pub mod message;
+pub mod policy;
