@@ -8,7 +8,7 @@
 //! - L4 `server`
 //! - L5 `cli`
 
-pub mod types;
 pub mod dlp;
 pub mod message;
 pub mod policy;
+pub mod types;

@@ -295,7 +295,10 @@ mod tests {
             "--B--\r\n"
         );
         let v = TextView::from_bytes(raw.as_bytes());
-        let pdf = v.attachments.iter().find(|a| a.content_type == "application/pdf");
+        let pdf = v
+            .attachments
+            .iter()
+            .find(|a| a.content_type == "application/pdf");
         assert!(pdf.is_some_and(|a| !a.scanned && a.size == 5));
     }
 }

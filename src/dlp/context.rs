@@ -197,8 +197,9 @@ impl Keywords {
     pub fn around(&self, text: &str, start: usize, end: usize, before: usize, after: usize) -> u32 {
         let from = floor_boundary(text, start.saturating_sub(before));
         let to = ceil_boundary(text, (end + after).min(text.len()));
-        self.find_words(text, from, to)
-            .fold(0, |acc, (_, _, p)| acc | self.cats.get(p).copied().unwrap_or(0))
+        self.find_words(text, from, to).fold(0, |acc, (_, _, p)| {
+            acc | self.cats.get(p).copied().unwrap_or(0)
+        })
     }
 
     /// True if any whole word occurs anywhere in `text`.

@@ -64,7 +64,15 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = format!(
             "{} messages ({} clean/hard-negative)\n{:<10} {:>5} {:>5} {:>5} {:>9} {:>7} {:>8}\n",
-            self.messages, self.clean_messages, "DETECTOR", "TP", "FP", "FN", "PRECISION", "RECALL", "CLEAN-FP"
+            self.messages,
+            self.clean_messages,
+            "DETECTOR",
+            "TP",
+            "FP",
+            "FN",
+            "PRECISION",
+            "RECALL",
+            "CLEAN-FP"
         );
         for (name, s) in &self.detectors {
             out.push_str(&format!(
@@ -97,7 +105,9 @@ pub fn evaluate_with(dir: &Path, cfg: &DlpConfig) -> Result<Report, DlpError> {
     let scanner = Scanner::new(cfg)?;
     let mut report = Report::default();
     for name in VALIDATED {
-        report.detectors.insert(name.to_string(), DetectorScore::default());
+        report
+            .detectors
+            .insert(name.to_string(), DetectorScore::default());
     }
     for entry in &manifest.messages {
         let path = dir.join(&entry.file);

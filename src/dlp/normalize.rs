@@ -59,8 +59,12 @@ fn map_char(c: char) -> Mapped {
         // No-break and typographic spaces.
         0x00A0 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000 => return Mapped::To(' '),
         // Fullwidth Latin capitals and small letters.
-        0xFF21..=0xFF3A => return char::from_u32(cp - 0xFF21 + 'A' as u32).map_or(Mapped::Keep, Mapped::To),
-        0xFF41..=0xFF5A => return char::from_u32(cp - 0xFF41 + 'a' as u32).map_or(Mapped::Keep, Mapped::To),
+        0xFF21..=0xFF3A => {
+            return char::from_u32(cp - 0xFF21 + 'A' as u32).map_or(Mapped::Keep, Mapped::To)
+        }
+        0xFF41..=0xFF5A => {
+            return char::from_u32(cp - 0xFF41 + 'a' as u32).map_or(Mapped::Keep, Mapped::To)
+        }
         // Mathematical digits run in five consecutive blocks of ten.
         0x1D7CE..=0x1D7FF => {
             return char::from_digit((cp - 0x1D7CE) % 10, 10).map_or(Mapped::Keep, Mapped::To)
@@ -119,7 +123,10 @@ mod tests {
 
     #[test]
     fn unicode_digits_dashes_and_zero_width() {
-        assert_eq!(normalize("\u{FF11}\u{FF12}\u{FF13}\u{2013}45\u{2014}67\u{200B}89"), "123-45-6789");
+        assert_eq!(
+            normalize("\u{FF11}\u{FF12}\u{FF13}\u{2013}45\u{2014}67\u{200B}89"),
+            "123-45-6789"
+        );
         assert_eq!(normalize("\u{0661}\u{0662}\u{0663}"), "123");
         assert_eq!(normalize("\u{1D7CF}\u{1D7D0}"), "12");
         assert_eq!(normalize("a\u{00A0}b"), "a b");
@@ -127,7 +134,10 @@ mod tests {
 
     #[test]
     fn html_entities() {
-        assert_eq!(normalize("123&#45;45&#x2D;6789 &amp; &lt;x&gt;"), "123-45-6789 & <x>");
+        assert_eq!(
+            normalize("123&#45;45&#x2D;6789 &amp; &lt;x&gt;"),
+            "123-45-6789 & <x>"
+        );
         assert_eq!(normalize("1&ndash;2&nbsp;3"), "1-2 3");
         // Unknown or unterminated references stay as they are.
         assert_eq!(normalize("AT&T &bogus; &"), "AT&T &bogus; &");

@@ -5,10 +5,13 @@ use super::context::{self, Keywords};
 use super::names as n;
 use super::normalize::normalize;
 use super::validators as v;
-use super::{mask, Confidence, DlpConfig, DlpError, Finding, Location, PatternDetector, ScanResult};
+use super::{
+    mask, Confidence, DlpConfig, DlpError, Finding, Location, PatternDetector, ScanResult,
+};
 use crate::message::{Source, TextView};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{Captures, Regex, RegexBuilder};
+use regex::{Regex, RegexBuilder};
+use regex_automata::{meta, Input};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
@@ -17,20 +20,56 @@ use std::hash::BuildHasher;
 const CONTEXT_BEFORE: usize = 80;
 const CONTEXT_AFTER: usize = 40;
 
-/// All built-in candidate shapes in one alternation (leftmost-first, so order matters:
-/// specific shapes before the generic digit run). ASCII word boundaries keep the lazy
-/// DFA fast; text is normalised to ASCII digits first.
-const CANDIDATES: &str = r"(?x)
- (?P<email>[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,})
-|(?P<mbi>(?-u:\b)[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y]{2}[0-9]{2}(?-u:\b))
-|(?P<hicn>(?-u:\b)[0-9]{3}[\ \-]?[0-9]{2}[\ \-]?[0-9]{4}[\ \-]?[A-Z][0-9A-Z]?(?-u:\b))
-|(?P<dea>(?-u:\b)[A-Z][A-Z9][0-9]{7}(?-u:\b))
-|(?P<icd>(?-u:\b)[A-TV-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?(?-u:\b))
-|(?P<date>(?-u:\b)(?:[0-9]{1,2}[/.\-][0-9]{1,2}[/.\-][0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\ [0-9]{1,2},?\ [0-9]{4})(?-u:\b))
-|(?P<phone>\([0-9]{3}\)\ ?[0-9]{3}[\-.\ ][0-9]{4}(?-u:\b)|(?-u:\b)[0-9]{3}\.[0-9]{3}\.[0-9]{4}(?-u:\b)|\+1[\ \-.]?[0-9]{3}[\ \-.][0-9]{3}[\ \-.][0-9]{4}(?-u:\b))
-|(?P<num>(?-u:\b)[0-9](?:[\ \-]?[0-9]){7,18}(?-u:\b))
-|(?P<addr>(?-u:\b)[0-9]{1,5}\ (?:[A-Z][a-z]+\ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Pkwy|Circle|Cir)(?-u:\b))
-";
+/// Candidate kinds, in priority order: at one start position the earlier pattern wins
+/// (specific shapes before the generic digit run).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Email,
+    Mbi,
+    Hicn,
+    Dea,
+    Icd,
+    Date,
+    Phone,
+    Num,
+    Addr,
+}
+
+/// One multi-pattern regex finds candidates of every built-in kind in one pass; the
+/// matching pattern's ID gives the kind, so no capture groups are resolved. ASCII word
+/// boundaries keep the lazy DFA fast (text is normalised to ASCII digits first).
+const PATTERNS: [(Kind, &str); 9] = [
+    (
+        Kind::Email,
+        r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
+    ),
+    (
+        Kind::Mbi,
+        r"(?-u:\b)[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y]{2}[0-9]{2}(?-u:\b)",
+    ),
+    (
+        Kind::Hicn,
+        r"(?-u:\b)[0-9]{3}[ \-]?[0-9]{2}[ \-]?[0-9]{4}[ \-]?[A-Z][0-9A-Z]?(?-u:\b)",
+    ),
+    (Kind::Dea, r"(?-u:\b)[A-Z][A-Z9][0-9]{7}(?-u:\b)"),
+    (
+        Kind::Icd,
+        r"(?-u:\b)[A-TV-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?(?-u:\b)",
+    ),
+    (
+        Kind::Date,
+        r"(?-u:\b)(?:[0-9]{1,2}[/.\-][0-9]{1,2}[/.\-][0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? [0-9]{1,2},? [0-9]{4})(?-u:\b)",
+    ),
+    (
+        Kind::Phone,
+        r"\([0-9]{3}\) ?[0-9]{3}[\-. ][0-9]{4}(?-u:\b)|(?-u:\b)[0-9]{3}\.[0-9]{3}\.[0-9]{4}(?-u:\b)|\+1[ \-.]?[0-9]{3}[ \-.][0-9]{3}[ \-.][0-9]{4}(?-u:\b)",
+    ),
+    (Kind::Num, r"(?-u:\b)[0-9](?:[ \-]?[0-9]){7,18}(?-u:\b)"),
+    (
+        Kind::Addr,
+        r"(?-u:\b)[0-9]{1,5} (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Pkwy|Circle|Cir)(?-u:\b)",
+    ),
+];
 
 struct Custom {
     name: String,
@@ -46,7 +85,7 @@ struct Dict {
 }
 
 pub struct Scanner {
-    candidates: Regex,
+    candidates: meta::Regex,
     context: Keywords,
     health: Keywords,
     custom: Vec<Custom>,
@@ -61,9 +100,8 @@ pub struct Scanner {
 impl Scanner {
     pub fn new(cfg: &DlpConfig) -> Result<Scanner, DlpError> {
         let keywords = |e: String| DlpError::Keywords(e);
-        let candidates = RegexBuilder::new(CANDIDATES)
-            .build()
-            .map_err(|e| DlpError::BadPattern {
+        let candidates =
+            meta::Regex::new_many(&PATTERNS.map(|(_, p)| p)).map_err(|e| DlpError::BadPattern {
                 name: "built-in".into(),
                 reason: e.to_string(),
             })?;
@@ -228,69 +266,61 @@ impl Scanner {
     fn scan_builtin(&self, text: &str, out: &mut Out<'_, '_>) {
         let mut pos = 0;
         while pos < text.len() {
-            let Some(caps) = self.candidates.captures_at(text, pos) else {
+            let input = Input::new(text).range(pos..);
+            let Some(m) = self.candidates.search(&input) else {
                 break;
             };
-            let Some(whole) = caps.get(0) else { break };
-            let next = if caps.name("num").is_some() {
-                self.digit_run(text, whole.start(), whole.end(), out)
+            let kind = PATTERNS
+                .get(m.pattern().as_usize())
+                .map_or(Kind::Num, |(k, _)| *k);
+            let next = if kind == Kind::Num {
+                self.digit_run(text, m.start(), m.end(), out)
             } else {
-                self.shaped(text, &caps, out);
-                whole.end()
+                self.shaped(text, kind, m.start(), m.end(), out);
+                m.end()
             };
-            pos = next.max(whole.start() + 1);
-            pos = context::ceil_boundary(text, pos);
+            pos = context::ceil_boundary(text, next.max(m.start() + 1));
+        }
+    }
+
+    fn level(&self, text: &str, s: usize, e: usize, bit: u32, base: Confidence) -> Confidence {
+        if self.ctx(text, s, e) & bit != 0 {
+            Confidence::High
+        } else {
+            base
         }
     }
 
     /// Candidates whose regex shape already tells the kind.
-    fn shaped(&self, text: &str, caps: &Captures<'_>, out: &mut Out<'_, '_>) {
-        let Some(m) = caps.get(0) else { return };
-        let (s, e, val) = (m.start(), m.end(), m.as_str());
-        let compact: Vec<u8> = val.bytes().filter(|b| b.is_ascii_alphanumeric()).collect();
-        if caps.name("email").is_some() {
-            out.push(n::EMAIL, s, val, Confidence::Low);
-        } else if caps.name("mbi").is_some() {
-            if v::mbi(&compact) {
-                let c = if self.ctx(text, s, e) & context::MEDICARE != 0 {
-                    Confidence::High
-                } else {
-                    Confidence::Medium
-                };
-                out.push_norm(n::MBI, s, val, &compact, c);
+    fn shaped(&self, text: &str, kind: Kind, s: usize, e: usize, out: &mut Out<'_, '_>) {
+        let val = &text[s..e];
+        let mut buf = [0u8; 16];
+        let compact = compact_into(val, &mut buf);
+        match kind {
+            Kind::Email => out.push(n::EMAIL, s, val, Confidence::Low),
+            Kind::Mbi if v::mbi(compact) => {
+                let c = self.level(text, s, e, context::MEDICARE, Confidence::Medium);
+                out.push_norm(n::MBI, s, val, compact, c);
             }
-        } else if caps.name("hicn").is_some() {
-            if v::hicn(&compact) {
-                let c = if self.ctx(text, s, e) & context::MEDICARE != 0 {
-                    Confidence::High
-                } else {
-                    Confidence::Medium
-                };
-                out.push_norm(n::HICN, s, val, &compact, c);
+            Kind::Hicn if v::hicn(compact) => {
+                let c = self.level(text, s, e, context::MEDICARE, Confidence::Medium);
+                out.push_norm(n::HICN, s, val, compact, c);
             }
-        } else if caps.name("dea").is_some() {
-            if v::dea(&compact) {
-                let c = if self.ctx(text, s, e) & context::DEA != 0 {
-                    Confidence::High
-                } else {
-                    Confidence::Low
-                };
-                out.push(n::DEA, s, val, c);
+            Kind::Dea if v::dea(compact) => {
+                let c = self.level(text, s, e, context::DEA, Confidence::Low);
+                out.push_norm(n::DEA, s, val, compact, c);
             }
-        } else if caps.name("icd").is_some() {
-            if v::icd10(&compact) && self.ctx(text, s, e) & context::ICD != 0 {
+            Kind::Icd if v::icd10(val.as_bytes()) && self.ctx(text, s, e) & context::ICD != 0 => {
                 out.push(n::ICD10, s, val, Confidence::Medium);
             }
-        } else if caps.name("date").is_some() {
-            if plausible_date(val) && self.ctx(text, s, e) & context::DOB != 0 {
+            Kind::Date if plausible_date(val) && self.ctx(text, s, e) & context::DOB != 0 => {
                 out.push(n::DOB, s, val, Confidence::Medium);
             }
-        } else if caps.name("phone").is_some() {
-            if !fictional_phone(&compact) {
-                out.push(n::PHONE, s, val, Confidence::Low);
+            Kind::Phone if !fictional_phone(compact) => {
+                out.push_norm(n::PHONE, s, val, compact, Confidence::Low);
             }
-        } else if caps.name("addr").is_some() {
-            out.push(n::ADDRESS, s, val, Confidence::Low);
+            Kind::Addr => out.push(n::ADDRESS, s, val, Confidence::Low),
+            _ => {}
         }
     }
 
@@ -346,63 +376,91 @@ impl Scanner {
         let bytes = text.as_bytes();
         // Not a fragment of a longer token like a UUID, version or part number.
         let glued = |i: Option<usize>| {
-            i.and_then(|i| bytes.get(i))
-                .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'/' | b'_'))
+            i.and_then(|i| bytes.get(i)).is_some_and(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'/' | b'_')
+            })
         };
-        let before_glued = s >= 2 && matches!(bytes[s - 1], b'-' | b'/' | b'_') && glued(Some(s - 2));
+        let before_glued =
+            s >= 2 && matches!(bytes[s - 1], b'-' | b'/' | b'_') && glued(Some(s - 2));
         let after_glued = matches!(bytes.get(e), Some(b'-' | b'/' | b'_')) && glued(Some(e + 1));
         if before_glued || after_glued {
             return false;
         }
-        let shape: Vec<usize> = groups.iter().map(|(a, b)| b - a).collect();
-        let seps: HashSet<u8> = groups.windows(2).map(|w| bytes[w[0].1]).collect();
-        if seps.len() > 1 {
+        // One kind of separator throughout (not "123 45-6789").
+        if groups
+            .windows(2)
+            .any(|w| bytes[w[0].1] != bytes[groups[0].1])
+        {
             return false;
         }
-        let digits: Vec<u8> = bytes[s..e].iter().copied().filter(u8::is_ascii_digit).collect();
+        let mut shape_buf = [0usize; 20];
+        let shape = &mut shape_buf[..groups.len().min(20)];
+        for (slot, (a, b)) in shape.iter_mut().zip(groups) {
+            *slot = b - a;
+        }
         let val = &text[s..e];
+        let mut buf = [0u8; 20];
+        let digits = compact_into(val, &mut buf);
         let ctx = self.ctx(text, s, e);
         let has = |bit: u32| ctx & bit != 0;
         let level = |bit: u32, base: Confidence| if has(bit) { Confidence::High } else { base };
         let mut found = false;
-        match (shape.as_slice(), digits.len()) {
+        match (&*shape, digits.len()) {
             ([3, 2, 4], 9) => {
-                if v::ssn(&digits) && !self.disabled.contains(n::SSN) {
-                    out.push_norm(n::SSN, s, val, &digits, level(context::SSN, Confidence::Medium));
+                if v::ssn(digits) && !self.disabled.contains(n::SSN) {
+                    out.push_norm(
+                        n::SSN,
+                        s,
+                        val,
+                        digits,
+                        level(context::SSN, Confidence::Medium),
+                    );
                     found = true;
-                } else if v::itin(&digits) {
-                    out.push_norm(n::ITIN, s, val, &digits, level(context::SSN, Confidence::Medium));
+                } else if v::itin(digits) {
+                    out.push_norm(
+                        n::ITIN,
+                        s,
+                        val,
+                        digits,
+                        level(context::SSN, Confidence::Medium),
+                    );
                     found = true;
                 }
             }
             ([9], 9) => {
-                if has(context::SSN) && v::ssn(&digits) {
-                    out.push_norm(n::SSN, s, val, &digits, Confidence::High);
+                if has(context::SSN) && v::ssn(digits) {
+                    out.push_norm(n::SSN, s, val, digits, Confidence::High);
                     found = true;
-                } else if has(context::SSN) && v::itin(&digits) {
-                    out.push_norm(n::ITIN, s, val, &digits, Confidence::High);
+                } else if has(context::SSN) && v::itin(digits) {
+                    out.push_norm(n::ITIN, s, val, digits, Confidence::High);
                     found = true;
                 }
-                if has(context::ABA) && v::aba(&digits) {
-                    out.push_norm(n::ABA, s, val, &digits, Confidence::High);
+                if has(context::ABA) && v::aba(digits) {
+                    out.push_norm(n::ABA, s, val, digits, Confidence::High);
                     found = true;
                 }
             }
             ([10], 10) => {
-                if has(context::NPI) && v::npi(&digits) {
-                    out.push_norm(n::NPI, s, val, &digits, Confidence::High);
+                if has(context::NPI) && v::npi(digits) {
+                    out.push_norm(n::NPI, s, val, digits, Confidence::High);
                     found = true;
                 }
             }
             ([3, 3, 4], 10) | ([1, 3, 3, 4], 11) => {
-                if !fictional_phone(&digits) {
-                    out.push_norm(n::PHONE, s, val, &digits, Confidence::Low);
+                if !fictional_phone(digits) {
+                    out.push_norm(n::PHONE, s, val, digits, Confidence::Low);
                 }
                 found = true;
             }
             (sh, 13..=19) if card_shape(sh) => {
-                if v::card(&digits) {
-                    out.push_norm(n::CARD, s, val, &digits, level(context::CARD, Confidence::Medium));
+                if v::card(digits) {
+                    out.push_norm(
+                        n::CARD,
+                        s,
+                        val,
+                        digits,
+                        level(context::CARD, Confidence::Medium),
+                    );
                     found = true;
                 }
             }
@@ -427,7 +485,9 @@ impl Scanner {
                 if !context::is_word_boundary(text.as_bytes(), m.start(), m.end()) {
                     continue;
                 }
-                let Some(d) = owner.get(m.pattern().as_usize()).and_then(|i| self.dicts.get(*i))
+                let Some(d) = owner
+                    .get(m.pattern().as_usize())
+                    .and_then(|i| self.dicts.get(*i))
                 else {
                     continue;
                 };
@@ -449,10 +509,7 @@ fn build_custom(name: String, d: &PatternDetector) -> Result<Custom, DlpError> {
     let context = if d.context.is_empty() {
         None
     } else {
-        Some(
-            Keywords::new(d.context.iter().map(|w| (w.as_str(), 1)))
-                .map_err(DlpError::Keywords)?,
-        )
+        Some(Keywords::new(d.context.iter().map(|w| (w.as_str(), 1))).map_err(DlpError::Keywords)?)
     };
     Ok(Custom {
         name,
@@ -472,7 +529,10 @@ struct Out<'s, 'f> {
 
 impl Out<'_, '_> {
     fn push(&mut self, detector: &str, offset: usize, value: &str, c: Confidence) {
-        let key: Vec<u8> = value.bytes().filter(|b| b.is_ascii_alphanumeric()).collect();
+        let key: Vec<u8> = value
+            .bytes()
+            .filter(|b| b.is_ascii_alphanumeric())
+            .collect();
         self.push_norm(detector, offset, value, &key, c);
     }
 
@@ -496,6 +556,19 @@ impl Out<'_, '_> {
     }
 }
 
+/// The ASCII letters and digits of `val` (up to the buffer's size): the canonical value.
+fn compact_into<'b>(val: &str, buf: &'b mut [u8]) -> &'b [u8] {
+    let mut n = 0;
+    for b in val.bytes().filter(u8::is_ascii_alphanumeric) {
+        if n == buf.len() {
+            break;
+        }
+        buf[n] = b;
+        n += 1;
+    }
+    &buf[..n]
+}
+
 fn card_shape(shape: &[usize]) -> bool {
     matches!(
         shape,
@@ -506,7 +579,11 @@ fn card_shape(shape: &[usize]) -> bool {
 /// 555-0100 through 555-0199 are reserved for fiction.
 fn fictional_phone(digits: &[u8]) -> bool {
     let d: Vec<u8> = digits.iter().copied().filter(u8::is_ascii_digit).collect();
-    let local = if d.len() >= 7 { &d[d.len() - 7..] } else { &d[..] };
+    let local = if d.len() >= 7 {
+        &d[d.len() - 7..]
+    } else {
+        &d[..]
+    };
     local.starts_with(b"55501")
 }
 
@@ -648,7 +725,10 @@ mod tests {
             }],
             ..DlpConfig::default()
         };
-        assert!(matches!(Scanner::new(&cfg), Err(DlpError::BadPattern { .. })));
+        assert!(matches!(
+            Scanner::new(&cfg),
+            Err(DlpError::BadPattern { .. })
+        ));
     }
 
     #[test]

@@ -140,8 +140,7 @@ pub fn card_brand(d: &[u8]) -> Option<&'static str> {
         && (p(4) == 6011 || p(2) == 65 || (644..=649).contains(&p(3)))
     {
         Some("discover")
-    } else if (14..=19).contains(&len) && ((300..=305).contains(&p(3)) || matches!(p(2), 36 | 38))
-    {
+    } else if (14..=19).contains(&len) && ((300..=305).contains(&p(3)) || matches!(p(2), 36 | 38)) {
         Some("diners")
     } else if (16..=19).contains(&len) && (3528..=3589).contains(&p(4)) {
         Some("jcb")
@@ -175,7 +174,9 @@ pub fn icd10(code: &[u8]) -> bool {
         && base[0] != b'U'
         && base[1].is_ascii_digit()
         && (base[2].is_ascii_digit() || base[2] == b'A' || base[2] == b'B')
-        && base[3..].iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        && base[3..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
 }
 
 /// A calendar date plausible as a date of birth: month 1-12, day valid for the
