@@ -202,6 +202,34 @@ impl Keywords {
         })
     }
 
+    /// Category bits (restricted to `mask`) of the keyword nearest to `start..end`
+    /// within the window; words after the candidate count double distance, since
+    /// labels usually precede values. Settles numbers that fit several detectors.
+    pub fn nearest(
+        &self,
+        text: &str,
+        start: usize,
+        end: usize,
+        before: usize,
+        after: usize,
+        mask: u32,
+    ) -> u32 {
+        let from = floor_boundary(text, start.saturating_sub(before));
+        let to = ceil_boundary(text, (end + after).min(text.len()));
+        self.find_words(text, from, to)
+            .filter_map(|(s, e, p)| {
+                let cat = self.cats.get(p).copied().unwrap_or(0) & mask;
+                let dist = if e <= start {
+                    start - e
+                } else {
+                    2 * s.saturating_sub(end)
+                };
+                (cat != 0).then_some((dist, cat))
+            })
+            .min_by_key(|(d, _)| *d)
+            .map_or(0, |(_, c)| c)
+    }
+
     /// True if any whole word occurs anywhere in `text`.
     pub fn any(&self, text: &str) -> bool {
         self.find_words(text, 0, text.len()).next().is_some()
@@ -209,10 +237,13 @@ impl Keywords {
 }
 
 /// A keyword counts only as a whole word: `lic` must not match inside `public`.
+/// A keyword edge that is punctuation (`dea#`) may touch the value directly.
 pub fn is_word_boundary(bytes: &[u8], start: usize, end: usize) -> bool {
     let word = |b: &u8| b.is_ascii_alphanumeric() || *b >= 0x80;
-    let before_ok = start == 0 || !bytes.get(start - 1).is_some_and(word);
-    let after_ok = !bytes.get(end).is_some_and(word);
+    let first_is_word = bytes.get(start).is_some_and(word);
+    let last_is_word = end > start && bytes.get(end - 1).is_some_and(word);
+    let before_ok = start == 0 || !first_is_word || !bytes.get(start - 1).is_some_and(word);
+    let after_ok = !last_is_word || !bytes.get(end).is_some_and(word);
     before_ok && after_ok
 }
 
@@ -241,6 +272,9 @@ mod tests {
         assert_eq!(k.around("lic 12345", 4, 9, 10, 0), 1);
         assert_eq!(k.around("DOB: 1/2/1970", 5, 13, 20, 0), 2);
         assert_eq!(k.around("adobe 1/2/1970", 6, 14, 20, 0), 0);
+        let k = Keywords::new([("dea#", 4)]).unwrap();
+        assert_eq!(k.around("DEA#AB1234145", 4, 13, 10, 0), 4);
+        assert_eq!(k.around("xDEA#AB1234145", 5, 14, 10, 0), 0);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Report {
     pub messages: usize,
     pub clean_messages: usize,
     pub detectors: BTreeMap<String, DetectorScore>,
+    /// Messages where a validated detector's count differed from the label:
+    /// (file, detector, expected, found).
+    pub mismatches: Vec<(String, String, usize, usize)>,
 }
 
 impl Report {
@@ -128,6 +131,11 @@ pub fn evaluate_with(dir: &Path, cfg: &DlpConfig) -> Result<Report, DlpError> {
             s.fn_ += expected.saturating_sub(found);
             if clean {
                 s.clean_fp += found;
+            }
+            if found != expected {
+                report
+                    .mismatches
+                    .push((entry.file.clone(), name.to_string(), expected, found));
             }
         }
     }

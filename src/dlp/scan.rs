@@ -428,14 +428,22 @@ impl Scanner {
                 }
             }
             ([9], 9) => {
-                if has(context::SSN) && v::ssn(digits) {
+                // Unformatted nine digits fit SSN, ITIN and ABA: the nearest label decides.
+                let near = self.context.nearest(
+                    text,
+                    s,
+                    e,
+                    CONTEXT_BEFORE,
+                    CONTEXT_AFTER,
+                    context::SSN | context::ABA,
+                );
+                if near & context::SSN != 0 && v::ssn(digits) {
                     out.push_norm(n::SSN, s, val, digits, Confidence::High);
                     found = true;
-                } else if has(context::SSN) && v::itin(digits) {
+                } else if near & context::SSN != 0 && v::itin(digits) {
                     out.push_norm(n::ITIN, s, val, digits, Confidence::High);
                     found = true;
-                }
-                if has(context::ABA) && v::aba(digits) {
+                } else if near & context::ABA != 0 && v::aba(digits) {
                     out.push_norm(n::ABA, s, val, digits, Confidence::High);
                     found = true;
                 }
