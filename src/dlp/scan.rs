@@ -401,31 +401,23 @@ impl Scanner {
         let val = &text[s..e];
         let mut buf = [0u8; 20];
         let digits = compact_into(val, &mut buf);
-        let ctx = self.ctx(text, s, e);
-        let has = |bit: u32| ctx & bit != 0;
-        let level = |bit: u32, base: Confidence| if has(bit) { Confidence::High } else { base };
-        let mut found = false;
+        // Context is looked up only for shapes that need it.
+        let level = |bit: u32, base: Confidence| {
+            if self.ctx(text, s, e) & bit != 0 {
+                Confidence::High
+            } else {
+                base
+            }
+        };
+        let mut found = true;
         match (&*shape, digits.len()) {
-            ([3, 2, 4], 9) => {
-                if v::ssn(digits) && !self.disabled.contains(n::SSN) {
-                    out.push_norm(
-                        n::SSN,
-                        s,
-                        val,
-                        digits,
-                        level(context::SSN, Confidence::Medium),
-                    );
-                    found = true;
-                } else if v::itin(digits) {
-                    out.push_norm(
-                        n::ITIN,
-                        s,
-                        val,
-                        digits,
-                        level(context::SSN, Confidence::Medium),
-                    );
-                    found = true;
-                }
+            ([3, 2, 4], 9) if v::ssn(digits) => {
+                let c = level(context::SSN, Confidence::Medium);
+                out.push_norm(n::SSN, s, val, digits, c);
+            }
+            ([3, 2, 4], 9) if v::itin(digits) => {
+                let c = level(context::SSN, Confidence::Medium);
+                out.push_norm(n::ITIN, s, val, digits, c);
             }
             ([9], 9) => {
                 // Unformatted nine digits fit SSN, ITIN and ABA: the nearest label decides.
@@ -439,40 +431,27 @@ impl Scanner {
                 );
                 if near & context::SSN != 0 && v::ssn(digits) {
                     out.push_norm(n::SSN, s, val, digits, Confidence::High);
-                    found = true;
                 } else if near & context::SSN != 0 && v::itin(digits) {
                     out.push_norm(n::ITIN, s, val, digits, Confidence::High);
-                    found = true;
                 } else if near & context::ABA != 0 && v::aba(digits) {
                     out.push_norm(n::ABA, s, val, digits, Confidence::High);
-                    found = true;
+                } else {
+                    found = false;
                 }
             }
-            ([10], 10) => {
-                if has(context::NPI) && v::npi(digits) {
-                    out.push_norm(n::NPI, s, val, digits, Confidence::High);
-                    found = true;
-                }
+            ([10], 10) if v::npi(digits) && self.ctx(text, s, e) & context::NPI != 0 => {
+                out.push_norm(n::NPI, s, val, digits, Confidence::High);
             }
             ([3, 3, 4], 10) | ([1, 3, 3, 4], 11) => {
                 if !fictional_phone(digits) {
                     out.push_norm(n::PHONE, s, val, digits, Confidence::Low);
                 }
-                found = true;
             }
-            (sh, 13..=19) if card_shape(sh) => {
-                if v::card(digits) {
-                    out.push_norm(
-                        n::CARD,
-                        s,
-                        val,
-                        digits,
-                        level(context::CARD, Confidence::Medium),
-                    );
-                    found = true;
-                }
+            (sh, 13..=19) if card_shape(sh) && v::card(digits) => {
+                let c = level(context::CARD, Confidence::Medium);
+                out.push_norm(n::CARD, s, val, digits, c);
             }
-            _ => {}
+            _ => found = false,
         }
         found
     }
