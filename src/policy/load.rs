@@ -113,6 +113,14 @@ fn validate(p: &PolicyFile, _text: &str) -> Result<(), (Option<usize>, String)> 
             ));
         }
     }
+    for d in &p.dlp.disable {
+        if !dlp::names::ALL.contains(&d.as_str()) {
+            return Err((
+                None,
+                format!("[dlp] disable: unknown built-in detector `{d}`"),
+            ));
+        }
+    }
     if p.dlp.custom.iter().any(|c| c.name.is_none()) {
         return Err((None, "every [[dlp.custom]] detector needs a name".into()));
     }
@@ -125,6 +133,13 @@ fn validate(p: &PolicyFile, _text: &str) -> Result<(), (Option<usize>, String)> 
             return Err((Some(i), "duplicate rule name".into()));
         }
         for d in &r.when.detectors {
+            if d.name() == dlp::names::HEALTH_TERM {
+                return Err((
+                    Some(i),
+                    "health terms are not counted as findings; match `hipaa_phi = true` instead"
+                        .into(),
+                ));
+            }
             if !known.iter().any(|k| k == d.name()) {
                 return Err((Some(i), format!("unknown detector `{}`", d.name())));
             }
@@ -245,6 +260,14 @@ mod tests {
             err("[dlp]\nmode = \"monitor\"\n[[dlp.custom]]\nname = \"acct\"\npattern = \"(\"\n");
         assert!(e.starts_with("policy.toml:4:"), "{e}");
         assert!(e.contains("acct"), "{e}");
+    }
+
+    #[test]
+    fn disable_and_health_term_checked() {
+        let e = err("[dlp]\ndisable = [\"ssnn\"]\n");
+        assert!(e.contains("unknown built-in detector `ssnn`"), "{e}");
+        let e = err("[[rule]]\nname = \"h\"\n[rule.match]\ndetectors = [\"health-term\"]\n");
+        assert!(e.contains("rule `h`") && e.contains("hipaa_phi"), "{e}");
     }
 
     #[test]
