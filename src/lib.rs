@@ -11,8 +11,11 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dlp;
 pub mod listener;
+pub mod message;
 pub mod pipeline;
+pub mod policy;
 pub mod queue;
 pub mod sandbox;
 pub mod server;
