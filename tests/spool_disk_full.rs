@@ -18,6 +18,7 @@ fn envelope() -> Envelope {
         auth: None,
         tls: None,
         received_at: now_secs(),
+        tls_floor: None,
     }
 }
 
