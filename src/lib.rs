@@ -11,6 +11,8 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod listener;
 pub mod pipeline;
 pub mod sandbox;

@@ -103,6 +103,15 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let users = Arc::new(RwLock::new(Arc::new(load_users(&cfg)?)));
     let handoff: Arc<dyn Handoff> = match cfg.delivery.mode {
         DeliveryMode::Sandbox => Arc::new(Pipeline::sandbox(Sandbox::new(cfg.sandbox_dir()))),
+        // Placeholder until the queue owner wires crate::delivery::Deliverer in.
+        DeliveryMode::Mx | DeliveryMode::Smarthost => {
+            return Err(ConfigError::Invalid {
+                file: "(config)".into(),
+                key: "delivery.mode".into(),
+                message: "mx and smarthost delivery need the queue, which is not wired yet".into(),
+            }
+            .into())
+        }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
