@@ -598,7 +598,7 @@ mod tests {
         let (r, used) = parse_reply(b"250-mx hi\r\n250-PIPELINING\r\n250 STARTTLS\r\nX")
             .expect("ok")
             .expect("complete");
-        assert_eq!(used, 45);
+        assert_eq!(used, 41);
         assert_eq!(r.code, 250);
         let caps = Capabilities::from_ehlo(&r);
         assert!(caps.has("PIPELINING") && caps.has("STARTTLS"));
