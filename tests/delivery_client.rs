@@ -634,3 +634,171 @@ async fn dane_ee_match_and_mismatch_falls_to_next_mx() {
     assert_eq!(hop.mx_host, "mx2.example.test");
     assert_eq!(hop.method, "dane-ee");
 }
+
+/// HTTPS policy server for `mta-sts.example.test`; returns its port.
+async fn policy_server(ca: &Pki, body: &'static str) -> u16 {
+    let (chain, key, _) = leaf(Some(ca), "mta-sts.example.test", false);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(chain, key));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut r = BufReader::new(tls);
+                while let Some(line) = read_line(&mut r).await {
+                    if line.is_empty() {
+                        break;
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = r.get_mut().write_all(resp.as_bytes()).await;
+                let _ = r.get_mut().shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+fn sts_resolver(txt_id: &str, mx: &str) -> StaticResolver {
+    StaticResolver::new()
+        .with_mx("example.test", DnssecStatus::Insecure, &[(10, mx)])
+        .with_ip(mx, DnssecStatus::Insecure, &[lo(1)])
+        .with_ip("mta-sts.example.test", DnssecStatus::Insecure, &[lo(1)])
+        .with_txt(
+            "_mta-sts.example.test",
+            DnssecStatus::Insecure,
+            &[&format!("v=STSv1; id={txt_id};")],
+        )
+}
+
+fn sts_deliverer(
+    smtp_port: u16,
+    sts_port: u16,
+    r: StaticResolver,
+    ca: &Pki,
+    cache: Arc<MemoryStsCache>,
+) -> (Deliverer, tempfile::NamedTempFile) {
+    let mut cfg = DeliveryConfig::with_mode(DeliveryMode::Mx);
+    cfg.mx_port = smtp_port;
+    cfg.sts_fetch_timeout = phigate::config::Seconds(3);
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(f.path(), &ca.ca_pem).expect("write ca");
+    cfg.extra_ca_file = Some(f.path().to_path_buf());
+    let d = Deliverer::with_parts(&cfg, Arc::new(r), cache)
+        .expect("deliverer")
+        .with_sts_port(sts_port);
+    (d, f)
+}
+
+const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.example.test\nmax_age: 86400\n";
+const TESTING: &str = "version: STSv1\nmode: testing\nmx: *.example.test\nmax_age: 86400\n";
+
+#[tokio::test]
+async fn mta_sts_enforce_testing_and_cache() {
+    let ca = pki();
+    let good = {
+        let (chain, key, _) = leaf(Some(&ca), "mx1.example.test", false);
+        server_config(chain, key)
+    };
+    let (smtp_port, _log) = server(good, ServerOpts::default(), false).await;
+    let enforce_port = policy_server(&ca, ENFORCE).await;
+    let env = envelope(&["a@example.test"], false);
+
+    // enforce, MX matches, valid certificate -> mta-sts
+    let cache = Arc::new(MemoryStsCache::default());
+    let (d, _f) = sts_deliverer(
+        smtp_port,
+        enforce_port,
+        sts_resolver("1", "mx1.example.test"),
+        &ca,
+        cache.clone(),
+    );
+    let out = d.deliver(&env, b"x\r\n", &[0], None).await;
+    assert!(
+        matches!(out[0].result, AttemptResult::Delivered(_)),
+        "{:?}",
+        out[0]
+    );
+    assert_eq!(
+        out[0].hop.as_ref().map(|h| h.method.as_str()),
+        Some("mta-sts")
+    );
+
+    // TXT id changed, policy host unreachable: the cached enforce policy still applies,
+    // so an MX outside the policy is refused.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let (d, _f) = sts_deliverer(
+        smtp_port,
+        dead_port,
+        sts_resolver("2", "evil.attacker.test"),
+        &ca,
+        cache.clone(),
+    );
+    let out = d.deliver(&env, b"x\r\n", &[0], None).await;
+    let text = assert_transient_47(&out);
+    assert!(text.contains("MTA-STS"), "{text}");
+    assert!(out[0]
+        .hop
+        .as_ref()
+        .is_some_and(|h| h.mta_sts.contains("cached policy kept")));
+
+    // enforce with an MX outside the policy (fresh cache) -> deferred
+    let (d, _f) = sts_deliverer(
+        smtp_port,
+        enforce_port,
+        sts_resolver("1", "mx.other.test"),
+        &ca,
+        Arc::default(),
+    );
+    assert_transient_47(&d.deliver(&env, b"x\r\n", &[0], None).await);
+
+    // enforce with an MX certificate that does not verify -> deferred
+    let (bad_chain, bad_key, _) = leaf(None, "mx1.example.test", false);
+    let (bad_port, bad_log) = server(
+        server_config(bad_chain, bad_key),
+        ServerOpts::default(),
+        false,
+    )
+    .await;
+    let (d, _f) = sts_deliverer(
+        bad_port,
+        enforce_port,
+        sts_resolver("1", "mx1.example.test"),
+        &ca,
+        Arc::default(),
+    );
+    assert_transient_47(&d.deliver(&env, b"x\r\n", &[0], None).await);
+    no_mail_sent(&bad_log);
+
+    // testing mode with the same bad certificate -> delivered, failure recorded
+    let testing_port = policy_server(&ca, TESTING).await;
+    let (d, _f) = sts_deliverer(
+        bad_port,
+        testing_port,
+        sts_resolver("1", "mx1.example.test"),
+        &ca,
+        Arc::default(),
+    );
+    let out = d.deliver(&env, b"x\r\n", &[0], None).await;
+    assert!(
+        matches!(out[0].result, AttemptResult::Delivered(_)),
+        "{:?}",
+        out[0]
+    );
+    let hop = out[0].hop.clone().expect("hop");
+    assert_eq!(hop.method, "encrypt-only");
+    assert!(
+        hop.mta_sts.contains("testing: policy failed"),
+        "{}",
+        hop.mta_sts
+    );
+}
