@@ -173,12 +173,123 @@ pub struct AuthConfig {
 pub enum DeliveryMode {
     /// Write each accepted message to `data_dir/sandbox/` and never send it anywhere.
     Sandbox,
+    /// Look up the recipient domain's MX records and deliver there over TLS.
+    Mx,
+    /// Hand everything to one upstream relay over verified TLS.
+    Smarthost,
+}
+
+/// Outbound TLS requirement. TLS itself is never optional; the levels differ in how the
+/// peer is authenticated. Ordered from weakest to strongest for "raise to at least".
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsLevel {
+    /// DANE if the domain has DNSSEC-secure TLSA, else MTA-STS enforce, else `encrypt`.
+    Auto,
+    /// TLS 1.2+, certificate not authenticated.
+    Encrypt,
+    /// WebPKI chain and name (or DANE/MTA-STS when they apply).
+    Verify,
+    /// Only DANE-authenticated TLS.
+    DaneOnly,
+}
+
+/// `implicit` (TLS from the first byte) or `starttls` for the smarthost connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    Implicit,
+    #[default]
+    Starttls,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     pub mode: DeliveryMode,
+    /// Port used for MX hosts (25; tests use loopback ports).
+    #[serde(default = "defaults::mx_port")]
+    pub mx_port: u16,
+    /// DNS servers as `ip:port`; empty = the system's resolv.conf.
+    #[serde(default)]
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    /// DNSKEY trust anchors (zone-file lines); none = hickory's built-in root KSKs.
+    #[serde(default)]
+    pub dnssec_trust_anchor: Option<PathBuf>,
+    /// TLS level for domains without an override.
+    #[serde(default = "defaults::tls_level")]
+    pub tls_level: TlsLevel,
+    /// Extra CAs trusted for the `verify` level and MTA-STS (tests, private networks).
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Seconds,
+    /// Per SMTP command (RFC 5321 §4.5.3.2 suggests minutes; DATA end gets 2x).
+    #[serde(default = "defaults::command_timeout")]
+    pub command_timeout: Seconds,
+    #[serde(default = "defaults::sts_fetch_timeout")]
+    pub sts_fetch_timeout: Seconds,
+    /// Simultaneous connections to one destination (domain or smarthost).
+    #[serde(default = "defaults::per_destination_connections")]
+    pub per_destination_connections: usize,
+    /// Simultaneous outbound connections in total.
+    #[serde(default = "defaults::max_outbound_connections")]
+    pub max_outbound_connections: usize,
+    /// `[delivery.domains."example.org"]`: route or level overrides per recipient domain.
+    #[serde(default)]
+    pub domains: std::collections::BTreeMap<String, DomainOverride>,
+    #[serde(default)]
+    pub smarthost: Option<SmarthostConfig>,
+}
+
+impl DeliveryConfig {
+    /// A delivery section with every default and the given mode (tests, sandbox).
+    pub fn with_mode(mode: DeliveryMode) -> Self {
+        DeliveryConfig {
+            mode,
+            mx_port: defaults::mx_port(),
+            dns_servers: Vec::new(),
+            dnssec_trust_anchor: None,
+            tls_level: defaults::tls_level(),
+            extra_ca_file: None,
+            connect_timeout: defaults::connect_timeout(),
+            command_timeout: defaults::command_timeout(),
+            sts_fetch_timeout: defaults::sts_fetch_timeout(),
+            per_destination_connections: defaults::per_destination_connections(),
+            max_outbound_connections: defaults::max_outbound_connections(),
+            domains: Default::default(),
+            smarthost: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainOverride {
+    /// Send this domain's mail to `host:port` instead of its MX (the TLS name is `host`).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Raise the TLS level for this domain (never lowers the global level).
+    #[serde(default)]
+    pub tls_level: Option<TlsLevel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostConfig {
+    pub host: String,
+    #[serde(default = "defaults::smarthost_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: OutboundTls,
+    /// File with one line `username:password` for AUTH PLAIN; none = no AUTH.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// CA bundle for the smarthost certificate, in addition to the WebPKI roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,6 +360,27 @@ impl Default for RetentionConfig {
 
 mod defaults {
     use super::*;
+    pub fn mx_port() -> u16 {
+        25
+    }
+    pub fn smarthost_port() -> u16 {
+        587
+    }
+    pub fn tls_level() -> TlsLevel {
+        TlsLevel::Auto
+    }
+    pub fn connect_timeout() -> Seconds {
+        Seconds(30)
+    }
+    pub fn sts_fetch_timeout() -> Seconds {
+        Seconds(60)
+    }
+    pub fn per_destination_connections() -> usize {
+        4
+    }
+    pub fn max_outbound_connections() -> usize {
+        100
+    }
     pub fn max_message_size() -> ByteSize {
         ByteSize(25 * 1024 * 1024)
     }

@@ -11,7 +11,9 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod dlp;
+pub mod dns;
 pub mod listener;
 pub mod message;
 pub mod pipeline;

@@ -45,6 +45,29 @@ pub enum ServerError {
     Keyring(#[from] KeyringError),
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
+}
+
+/// The queue's view of outbound delivery (MX or smarthost).
+struct DeliveryTransport(crate::delivery::Deliverer);
+
+impl Transport for DeliveryTransport {
+    fn deliver<'a>(
+        &'a self,
+        env: &'a crate::types::Envelope,
+        content: &'a [u8],
+        rcpts: &'a [usize],
+        floor: Option<crate::types::TlsFloor>,
+    ) -> crate::queue::BoxFuture<'a, Vec<crate::types::RcptOutcome>> {
+        use crate::config::TlsLevel;
+        use crate::types::TlsFloor;
+        let floor = floor.map(|f| match f {
+            TlsFloor::Verify => TlsLevel::Verify,
+            TlsFloor::DaneOnly => TlsLevel::DaneOnly,
+        });
+        Box::pin(self.0.deliver(env, content, rcpts, floor))
+    }
 }
 
 /// What a signal asks the server to do.
@@ -113,6 +136,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     info!(pending = pending.len(), "spool open");
     let transport: Arc<dyn Transport> = match cfg.delivery.mode {
         DeliveryMode::Sandbox => Arc::new(SandboxTransport::new(Sandbox::new(cfg.sandbox_dir()))),
+        DeliveryMode::Mx | DeliveryMode::Smarthost => Arc::new(DeliveryTransport(
+            crate::delivery::Deliverer::new(&cfg.delivery)
+                .await?
+                .with_helo_name(&cfg.server.hostname),
+        )),
     };
     let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
     let handoff: Arc<dyn Handoff> = Arc::new(Pipeline::new(queue.clone()));

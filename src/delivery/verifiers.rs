@@ -1,0 +1,194 @@
+//! rustls client configurations for each [`Requirement`], built from the `tls` verifiers.
+
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use super::level::Requirement;
+use crate::config::DeliveryConfig;
+use crate::tls::dane::DaneVerifier;
+use crate::tls::peer_verify::{pkix_verifier, EncryptOnlyVerifier};
+
+/// Long-lived verifiers shared by all connections.
+pub(super) struct Verifiers {
+    pkix: Arc<WebPkiServerVerifier>,
+    smarthost: Arc<WebPkiServerVerifier>,
+    encrypt: Arc<EncryptOnlyVerifier>,
+}
+
+/// A configuration for one connection and the verifier state to read afterwards.
+pub(super) struct Built {
+    pub config: Arc<ClientConfig>,
+    kind: Kind,
+}
+
+enum Kind {
+    Dane(Arc<DaneVerifier>),
+    MtaSts,
+    Pkix,
+    Encrypt,
+    Testing(Arc<RecordingVerifier>),
+}
+
+impl Built {
+    /// The per-hop `method` after a successful handshake.
+    pub fn method(&self) -> String {
+        match &self.kind {
+            Kind::Dane(v) => v
+                .matched()
+                .map(|m| m.method.as_str().to_string())
+                .unwrap_or_else(|| "dane".into()),
+            Kind::MtaSts => "mta-sts".into(),
+            Kind::Pkix => "pkix".into(),
+            Kind::Encrypt | Kind::Testing(_) => "encrypt-only".into(),
+        }
+    }
+
+    /// For an MTA-STS `testing` policy: whether the certificate would have passed.
+    pub fn sts_testing_outcome(&self, _host: &str) -> Option<String> {
+        match &self.kind {
+            Kind::Testing(v) => Some(match v.result() {
+                Some(Ok(())) => "testing: policy satisfied".into(),
+                Some(Err(e)) => format!("testing: policy failed ({e}), delivered anyway"),
+                None => "testing: certificate not checked".into(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn config_with(verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // TLS 1.2 and 1.3 only: rustls never offers 1.0/1.1.
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl Verifiers {
+    pub fn new(cfg: &DeliveryConfig) -> Result<Self, String> {
+        let pkix = pkix_verifier(cfg.extra_ca_file.as_deref()).map_err(|e| e.to_string())?;
+        let sh_ca = cfg
+            .smarthost
+            .as_ref()
+            .and_then(|s| s.ca_file.as_deref())
+            .or(cfg.extra_ca_file.as_deref());
+        let smarthost = pkix_verifier(sh_ca).map_err(|e| e.to_string())?;
+        Ok(Verifiers {
+            pkix,
+            smarthost,
+            encrypt: Arc::new(EncryptOnlyVerifier::new()),
+        })
+    }
+
+    /// Configuration for fetching MTA-STS policies (WebPKI + extra CA).
+    pub fn sts_config(&self) -> Arc<ClientConfig> {
+        match config_with(self.pkix.clone()) {
+            Ok(c) => c,
+            // Only fails if ring lacks TLS 1.2/1.3, which it does not.
+            Err(_) => Arc::new(
+                ClientConfig::builder()
+                    .dangerous()
+                    .with_custom_certificate_verifier(self.pkix.clone())
+                    .with_no_client_auth(),
+            ),
+        }
+    }
+
+    pub fn for_requirement(
+        &self,
+        req: &Requirement,
+        host: &str,
+        smarthost: bool,
+    ) -> Result<Built, String> {
+        let (verifier, kind): (Arc<dyn ServerCertVerifier>, Kind) = match req {
+            Requirement::Dane(tlsa) => {
+                let v = Arc::new(
+                    DaneVerifier::new(tlsa.clone(), vec![host.to_string()])
+                        .map_err(|e| e.to_string())?,
+                );
+                (v.clone(), Kind::Dane(v))
+            }
+            Requirement::MtaSts => (self.pkix.clone(), Kind::MtaSts),
+            Requirement::Pkix if smarthost => (self.smarthost.clone(), Kind::Pkix),
+            Requirement::Pkix => (self.pkix.clone(), Kind::Pkix),
+            Requirement::Encrypt { sts_testing: true } => {
+                let v = Arc::new(RecordingVerifier {
+                    inner: self.pkix.clone(),
+                    result: Mutex::new(None),
+                });
+                (v.clone(), Kind::Testing(v))
+            }
+            Requirement::Encrypt { sts_testing: false } => (self.encrypt.clone(), Kind::Encrypt),
+        };
+        Ok(Built {
+            config: config_with(verifier)?,
+            kind,
+        })
+    }
+}
+
+/// Runs the WebPKI check, records the result and accepts the certificate anyway (MTA-STS
+/// `testing`: deliver, report). Handshake signatures are still verified.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    result: Mutex<Option<Result<(), String>>>,
+}
+
+impl RecordingVerifier {
+    fn result(&self) -> Option<Result<(), String>> {
+        self.result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let r = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
