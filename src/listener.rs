@@ -7,7 +7,7 @@ use crate::tls::server::{session_info, ServerTls};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,7 +85,8 @@ fn session_id() -> String {
 #[derive(Clone)]
 pub struct ListenerCtx {
     pub info: Arc<ListenerInfo>,
-    pub shared: Arc<Shared>,
+    /// Swapped on reload; each connection takes the snapshot current when it arrives.
+    pub shared: Arc<RwLock<Arc<Shared>>>,
     pub tls: ServerTls,
     pub limits: Arc<ConnLimits>,
     pub handshake_timeout: Duration,
@@ -151,6 +152,7 @@ async fn refuse(tcp: TcpStream, ctx: ListenerCtx, why: &'static str) {
 }
 
 async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: ListenerCtx) {
+    let shared = ctx.shared.read().unwrap_or_else(|p| p.into_inner()).clone();
     let id = session_id();
     let conn = ConnInfo {
         id: id.clone(),
@@ -161,18 +163,18 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: ListenerCtx) {
     match ctx.info.mode {
         TlsMode::Implicit => {
             if let Some((tls, conn)) = handshake(tcp, conn, &ctx).await {
-                run_session(tls, conn, &ctx, true).await;
+                run_session(tls, conn, &ctx, shared.clone(), true).await;
             }
         }
         TlsMode::Starttls => {
             info!(session = %id, peer = %peer.ip(), listener = %ctx.info.name, "session opened");
             if let SessionEnd::StartTls(tcp) =
-                Session::new(tcp, ctx.shared.clone(), ctx.info.clone(), conn.clone())
+                Session::new(tcp, shared.clone(), ctx.info.clone(), conn.clone())
                     .run(true)
                     .await
             {
                 if let Some((tls, conn)) = handshake(tcp, conn, &ctx).await {
-                    run_session(tls, conn, &ctx, false).await;
+                    run_session(tls, conn, &ctx, shared.clone(), false).await;
                 }
             }
         }
@@ -214,10 +216,11 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     io: S,
     conn: ConnInfo,
     ctx: &ListenerCtx,
+    shared: Arc<Shared>,
     greet: bool,
 ) {
     // A TLS session cannot ask for STARTTLS again (it gets 503), so only Closed is expected.
-    let _ = Session::new(io, ctx.shared.clone(), ctx.info.clone(), conn)
+    let _ = Session::new(io, shared, ctx.info.clone(), conn)
         .run(greet)
         .await;
 }

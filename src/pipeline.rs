@@ -1,12 +1,16 @@
-//! What happens to a message between the end of DATA and the `250`: policy, then the
-//! durable handoff. The SMTP session only sees the [`Handoff`] trait.
+//! What happens to a message between the end of DATA and the `250`: MIME view, DLP scan
+//! and policy, then the durable, encrypted handoff to the queue. The SMTP session only
+//! sees the [`Handoff`] trait.
 
+use crate::message::TextView;
+use crate::policy::{Action, MessageContext, Policy, RcptContext, RcptVerdict};
 use crate::queue::Queue;
 use crate::spool::{RecipientState, SpoolError};
 use crate::types::{now_secs, Envelope, MessageId, Reply};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use tracing::info;
 
 /// A complete message as received, with the Received header already prepended.
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub struct RcptCheck<'a> {
 pub enum PipelineError {
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error("policy task failed: {0}")]
+    Task(String),
 }
 
 impl PipelineError {
@@ -39,7 +45,7 @@ impl PipelineError {
             PipelineError::Spool(SpoolError::Io(_)) => {
                 Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
             }
-            PipelineError::Spool(_) => {
+            PipelineError::Spool(_) | PipelineError::Task(_) => {
                 Reply::new(451, "4.3.0", "Local error in processing, try again later")
             }
         }
@@ -49,41 +55,138 @@ impl PipelineError {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where the session hands accepted messages. `submit` resolves only once the
-/// message is durable: its `Ok` is what turns into `250`.
+/// message is durable (or refused): its reply is what the client hears.
 pub trait Handoff: Send + Sync + 'static {
     /// A reply refusing this recipient, or `None` to accept it.
     fn check_recipient(&self, check: &RcptCheck<'_>) -> Option<Reply>;
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>>;
 }
 
-/// The pipeline used by the server: encrypt and spool durably, then wake the queue.
+/// The pipeline used by the server.
 pub struct Pipeline {
     queue: Arc<Queue>,
+    policy: RwLock<Arc<Policy>>,
+}
+
+/// What the policy step decided, with the (possibly edited) content.
+struct Verdict {
+    action: Action,
+    rule: String,
+    reply: Reply,
+    findings: String,
+    content: Vec<u8>,
+    envelope: Envelope,
 }
 
 impl Pipeline {
-    pub fn new(queue: Arc<Queue>) -> Self {
-        Pipeline { queue }
+    pub fn new(queue: Arc<Queue>, policy: Policy) -> Self {
+        Pipeline {
+            queue,
+            policy: RwLock::new(Arc::new(policy)),
+        }
+    }
+
+    /// Swap in a reloaded policy; sessions in flight finish with the one they started with.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Parse, scan and decide off the async runtime: this is the CPU-heavy step.
+    async fn decide(&self, sub: Submission) -> Result<Verdict, PipelineError> {
+        let policy = self.policy();
+        let Submission {
+            envelope: mut env,
+            content,
+            ..
+        } = sub;
+        tokio::task::spawn_blocking(move || {
+            let view = TextView::from_bytes(&content);
+            let scan = policy.scanner().scan(&view);
+            let recipients: Vec<String> =
+                env.recipients.iter().map(|r| r.address.clone()).collect();
+            let auth = env.auth.as_ref().map(|a| a.to_string());
+            let ctx = MessageContext {
+                sender: &env.mail_from,
+                recipients: &recipients,
+                auth_identity: auth.as_deref(),
+                listener: &env.listener,
+                size: content.len() as u64,
+                requiretls: env.params.requiretls,
+            };
+            let d = policy.evaluate(&ctx, &scan, &view);
+            drop(view);
+            let edits = d.tag_header.is_some() || d.enforced.redact_subject.is_some();
+            let content = if edits {
+                d.apply_to_message(&content)
+            } else {
+                content
+            };
+            env.tls_floor = env.tls_floor.max(d.enforced.require_tls);
+            Verdict {
+                action: d.enforced.action,
+                rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),
+                reply: d.reply.clone(),
+                findings: scan.summary(),
+                content,
+                envelope: env,
+            }
+        })
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))
     }
 }
 
 impl Handoff for Pipeline {
-    fn check_recipient(&self, _check: &RcptCheck<'_>) -> Option<Reply> {
-        None
+    fn check_recipient(&self, check: &RcptCheck<'_>) -> Option<Reply> {
+        let ctx = RcptContext {
+            sender: check.mail_from,
+            auth_identity: check.auth,
+            listener: check.listener,
+            accepted_so_far: check.accepted_so_far,
+        };
+        match self.policy().check_recipient(&ctx, check.recipient) {
+            RcptVerdict::Accept => None,
+            RcptVerdict::Reject(r) => Some(r),
+        }
     }
 
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>> {
         Box::pin(async move {
             let id = sub.id;
-            self.queue
-                .spool()
-                .enqueue(
-                    id,
-                    &sub.envelope,
-                    &sub.content,
-                    RecipientState::queued(now_secs()),
-                )
-                .await?;
+            let v = self.decide(sub).await?;
+            // Detector names and counts only: never values, subjects or addresses.
+            info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");
+            let spool = self.queue.spool();
+            match v.action {
+                Action::Reject => return Ok(v.reply),
+                Action::Quarantine => {
+                    spool
+                        .enqueue_quarantined(id, &v.envelope, &v.content, &v.rule)
+                        .await?;
+                    return Ok(Reply::new(
+                        250,
+                        "2.0.0",
+                        format!("Ok: queued as {id}; held for review by policy {}", v.rule),
+                    ));
+                }
+                Action::Accept | Action::Tag => {
+                    spool
+                        .enqueue(
+                            id,
+                            &v.envelope,
+                            &v.content,
+                            RecipientState::queued(now_secs()),
+                        )
+                        .await?;
+                }
+            }
             self.queue.wake();
             Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
         })

@@ -5,6 +5,7 @@ use crate::auth::{FailureLimiter, Users};
 use crate::config::{Config, ConfigError, DeliveryMode};
 use crate::listener::{self, ConnLimits, ListenerCtx};
 use crate::pipeline::{Handoff, Pipeline};
+use crate::policy::Policy;
 use crate::queue::{Queue, QueueSettings, SandboxTransport, Transport};
 use crate::sandbox::Sandbox;
 use crate::smtp::session::{ListenerInfo, Shared};
@@ -47,6 +48,8 @@ pub enum ServerError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Delivery(#[from] crate::delivery::DeliveryError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// The queue's view of outbound delivery (MX or smarthost).
@@ -55,6 +58,7 @@ struct DeliveryTransport(crate::delivery::Deliverer);
 impl Transport for DeliveryTransport {
     fn deliver<'a>(
         &'a self,
+        _id: crate::types::MessageId,
         env: &'a crate::types::Envelope,
         content: &'a [u8],
         rcpts: &'a [usize],
@@ -129,7 +133,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     }
     cfg.validate()?;
     let tls = ServerTls::new(&cfg.tls)?;
-    let users = Arc::new(RwLock::new(Arc::new(load_users(&cfg)?)));
     let keyring = load_keyring(&cfg)?;
     let spool = Arc::new(Spool::open(&cfg.server.data_dir.join("spool"), keyring)?);
     let pending = spool.recover(crate::types::now_secs()).await?;
@@ -143,28 +146,23 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         )),
     };
     let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
-    let handoff: Arc<dyn Handoff> = Arc::new(Pipeline::new(queue.clone()));
+    let pipeline = Arc::new(Pipeline::new(queue.clone(), load_policy(&cfg)?));
+    let handoff: Arc<dyn Handoff> = pipeline.clone();
+    let limiter = Arc::new(FailureLimiter::new(
+        cfg.auth.max_failures,
+        cfg.auth.lockout.duration(),
+    ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // The queue stops only after the sessions have drained, so mail accepted during the
     // grace period is still delivered if it can be.
     let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
     let queue_task = tokio::spawn(queue.clone().run(queue_stop_rx));
-    let shared = Arc::new(Shared {
-        hostname: cfg.server.hostname.clone(),
-        max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
-        max_recipients: cfg.server.max_recipients,
-        command_timeout: cfg.server.command_timeout.duration(),
-        data_timeout: cfg.server.data_timeout.duration(),
-        users: users.clone(),
-        limiter: Arc::new(FailureLimiter::new(
-            cfg.auth.max_failures,
-            cfg.auth.lockout.duration(),
-        )),
-        allow_networks: cfg.auth.allow_networks.clone(),
-        client_cert_allow: cfg.auth.client_cert_allow.clone(),
+    let services = Services {
         handoff,
+        limiter,
         shutdown: shutdown_rx.clone(),
-    });
+    };
+    let shared = Arc::new(RwLock::new(build_shared(&cfg, &services)?));
     let limits = ConnLimits::new(
         cfg.server.max_connections,
         cfg.server.max_connections_per_ip,
@@ -208,9 +206,16 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     // Every signal other than Reload means shut down.
     while let Signal::Reload = signals.next().await {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-        match reload(&current, config_path.as_deref(), &tls, &users) {
+        match reload(
+            &current,
+            config_path.as_deref(),
+            &tls,
+            &pipeline,
+            &services,
+            &shared,
+        ) {
             Ok(new) => {
-                info!("configuration reloaded (certificates, users)");
+                info!("configuration reloaded (certificates, users, auth, limits, policy)");
                 current = new;
             }
             Err(e) => error!(error = %e, "reload refused, previous configuration stays active"),
@@ -284,28 +289,70 @@ fn load_users(cfg: &Config) -> Result<Users, ServerError> {
     })
 }
 
-/// Re-read what can change without a restart. Any error leaves everything as it was.
+/// Services that outlive a reload; the rest of [`Shared`] is rebuilt from the config.
+struct Services {
+    handoff: Arc<dyn Handoff>,
+    limiter: Arc<FailureLimiter>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn build_shared(cfg: &Config, services: &Services) -> Result<Arc<Shared>, ServerError> {
+    Ok(Arc::new(Shared {
+        hostname: cfg.server.hostname.clone(),
+        max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
+        max_recipients: cfg.server.max_recipients,
+        command_timeout: cfg.server.command_timeout.duration(),
+        data_timeout: cfg.server.data_timeout.duration(),
+        users: Arc::new(load_users(cfg)?),
+        limiter: services.limiter.clone(),
+        allow_networks: cfg.auth.allow_networks.clone(),
+        client_cert_allow: cfg.auth.client_cert_allow.clone(),
+        handoff: services.handoff.clone(),
+        shutdown: services.shutdown.clone(),
+    }))
+}
+
+/// The DLP/recipient policy named by the config, or the permissive built-in one.
+pub fn load_policy(cfg: &Config) -> Result<Policy, ServerError> {
+    Ok(match &cfg.policy.file {
+        Some(p) => Policy::load(p)?,
+        None => Policy::permissive()?,
+    })
+}
+
+/// Re-read what can change without a restart. Everything is built first and swapped
+/// only when all of it succeeded, so an error leaves the running config untouched.
 fn reload(
     current: &Config,
     path: Option<&std::path::Path>,
     tls: &ServerTls,
-    users: &Arc<RwLock<Arc<Users>>>,
+    pipeline: &Pipeline,
+    services: &Services,
+    shared: &RwLock<Arc<Shared>>,
 ) -> Result<Config, ServerError> {
     let new = match path {
         Some(p) => Config::load(p)?,
         None => current.clone(),
     };
-    let new_users = load_users(&new)?;
+    let new_shared = build_shared(&new, services)?;
+    let policy = load_policy(&new)?;
     tls.reload(&new.tls)?;
-    *users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_users);
+    pipeline.set_policy(policy);
+    *shared.write().unwrap_or_else(|p| p.into_inner()) = new_shared;
     let restart_needed = new.listeners.len() != current.listeners.len()
         || new
             .listeners
             .iter()
             .zip(&current.listeners)
-            .any(|(a, b)| a.addr != b.addr || a.tls != b.tls || a.auth != b.auth);
+            .any(|(a, b)| a.addr != b.addr || a.tls != b.tls || a.auth != b.auth)
+        || new.server.max_connections != current.server.max_connections
+        || new.server.max_connections_per_ip != current.server.max_connections_per_ip
+        || new.spool.key_file != current.spool.key_file
+        || new.server.data_dir != current.server.data_dir;
     if restart_needed {
-        warn!("listener changes need a restart to take effect");
+        warn!(
+            "listener, connection-limit, spool and data_dir changes need a restart to take effect"
+        );
     }
     Ok(new)
 }

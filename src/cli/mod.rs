@@ -1,6 +1,7 @@
 //! Command line: `phigate serve | check-config | user ...`. Every command takes
 //! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
 
+mod dlp;
 mod user;
 
 use crate::config::{self, Config};
@@ -45,6 +46,16 @@ pub enum Command {
     },
     /// Check the configuration and the files it names, then print a one-line summary.
     CheckConfig,
+    /// Run the DLP scanner on a message file, or evaluate it on a labelled corpus.
+    Dlp {
+        #[command(subcommand)]
+        action: dlp::DlpAction,
+    },
+    /// Explain policy decisions for a message file.
+    Policy {
+        #[command(subcommand)]
+        action: dlp::PolicyAction,
+    },
     /// Manage SMTP AUTH users (passwords are read from stdin or a prompt, never arguments).
     User {
         #[command(subcommand)]
@@ -62,6 +73,8 @@ pub enum CliError {
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("{0}")]
     Usage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -70,7 +83,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config(_) => 2,
+            CliError::Config(_) | CliError::Policy(_) => 2,
             CliError::Usage(_) => 64,
             _ => 1,
         }
@@ -130,9 +143,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::CheckConfig => {
             let cfg = Config::load(&cli.config)?;
-            println!("{}", cfg.summary());
+            let mut summary = cfg.summary();
+            if let Some(p) = &cfg.policy.file {
+                let policy = crate::policy::Policy::load(p)?;
+                summary.push_str(&format!(
+                    ", policy {} ({:?} mode)",
+                    p.display(),
+                    policy.mode()
+                ));
+            }
+            println!("{summary}");
             Ok(())
         }
+        Command::Dlp { action } => dlp::run_dlp(&cli.config, action),
+        Command::Policy { action } => dlp::run_policy(&cli.config, action),
         Command::User { action } => user::run(&cli.config, action),
     }
 }

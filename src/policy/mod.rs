@@ -40,15 +40,8 @@ impl Action {
     }
 }
 
-/// Minimum TLS assurance for onward delivery (ordered: `DaneOnly` is stricter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsLevel {
-    /// Certificate verified by DANE or MTA-STS / WebPKI.
-    Verify,
-    /// Only a DANE-authenticated connection will do.
-    DaneOnly,
-}
+/// Minimum TLS assurance for onward delivery (`DaneOnly` is stricter than `Verify`).
+pub use crate::types::TlsFloor as TlsLevel;
 
 /// A rule's consequence, also used for the `[default]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Must return one outcome per index.
     fn deliver<'a>(
         &'a self,
+        id: MessageId,
         env: &'a Envelope,
         content: &'a [u8],
         rcpts: &'a [usize],
@@ -48,15 +49,13 @@ impl SandboxTransport {
 impl Transport for SandboxTransport {
     fn deliver<'a>(
         &'a self,
+        id: MessageId,
         env: &'a Envelope,
         content: &'a [u8],
         rcpts: &'a [usize],
         _floor: Option<TlsFloor>,
     ) -> BoxFuture<'a, Vec<RcptOutcome>> {
         Box::pin(async move {
-            // The ID the sandbox file is named by comes from the Received header phigate
-            // added, so a test can match the file to the `250 ... queued as ID` reply.
-            let id = queue_id_of(content).unwrap_or_default();
             let sandbox = self.sandbox.clone();
             let env2 = env.clone();
             let data = content.to_vec();
@@ -89,14 +88,6 @@ impl Transport for SandboxTransport {
                 .collect()
         })
     }
-}
-
-/// The `id <ULID>;` phigate wrote into its own Received header (first header).
-fn queue_id_of(content: &[u8]) -> Option<MessageId> {
-    let head = &content[..content.len().min(1024)];
-    let text = std::str::from_utf8(head).ok()?;
-    let start = text.find("\r\n\tid ")? + 6;
-    text.get(start..start + 26)?.parse().ok()
 }
 
 /// Timing and retention settings.
@@ -339,7 +330,7 @@ impl Queue {
         for idxs in by_domain.values() {
             outcomes.extend(
                 self.transport
-                    .deliver(&env, &content, idxs, env.tls_floor)
+                    .deliver(id, &env, &content, idxs, env.tls_floor)
                     .await,
             );
         }
@@ -534,12 +525,5 @@ mod tests {
             let n = s.next_attempt(9, 1000) - 1000;
             assert!((3240..=3960).contains(&n), "{n}");
         }
-    }
-
-    #[test]
-    fn queue_id_from_received_header() {
-        let id = MessageId::new();
-        let c = format!("Received: from x ([1.2.3.4])\r\n\tby h (phigate) with ESMTPS\r\n\tid {id};\r\n\tdate\r\nSubject: x\r\n\r\n");
-        assert_eq!(queue_id_of(c.as_bytes()), Some(id));
     }
 }

@@ -20,7 +20,7 @@ use crate::types::{
 };
 use base64::Engine;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -29,14 +29,15 @@ use tracing::{debug, info, warn};
 /// Bad commands tolerated before the session is dropped.
 const MAX_ERRORS: u32 = 20;
 
-/// Settings and services shared by all sessions.
+/// Settings and services shared by all sessions. Rebuilt on reload and swapped as a
+/// whole: a session keeps the snapshot it started with.
 pub struct Shared {
     pub hostname: String,
     pub max_message_size: usize,
     pub max_recipients: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
-    pub users: Arc<RwLock<Arc<Users>>>,
+    pub users: Arc<Users>,
     pub limiter: Arc<FailureLimiter>,
     pub allow_networks: Vec<Cidr>,
     pub client_cert_allow: Vec<String>,
@@ -782,12 +783,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         };
         tokio::time::sleep(delay).await;
-        let users = self
-            .shared
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let users = self.shared.users.clone();
         let u = user.clone();
         let ok = tokio::task::spawn_blocking(move || users.verify(&u, &password))
             .await

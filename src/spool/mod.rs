@@ -148,6 +148,45 @@ impl Spool {
         content: &[u8],
         initial: RecipientState,
     ) -> Result<(), SpoolError> {
+        let ops = self.enqueue_ops(id, env, content, initial)?;
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    /// Store a newly accepted message already held in quarantine under `rule`, in the
+    /// same atomic write, so a crash can never leave it queued for delivery instead.
+    pub async fn enqueue_quarantined(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        content: &[u8],
+        rule: &str,
+    ) -> Result<(), SpoolError> {
+        let mut held = RecipientState::queued(now_secs());
+        held.status = Status::Quarantined {
+            rule: rule.to_string(),
+        };
+        let mut ops = self.enqueue_ops(id, env, content, held)?;
+        let entry = QuarantineEntry {
+            at: now_secs(),
+            rule: rule.to_string(),
+        };
+        ops.push(Op::Put(
+            Tree::Quarantine,
+            id_bytes(&id).to_vec(),
+            serde_json::to_vec(&entry).unwrap_or_default(),
+        ));
+        self.store.commit(&ops)?;
+        self.durable().await
+    }
+
+    fn enqueue_ops(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        content: &[u8],
+        initial: RecipientState,
+    ) -> Result<Vec<Op>, SpoolError> {
         let key = id_bytes(&id);
         if self.store.get(Tree::Queue, &key)?.is_some() {
             return Err(SpoolError::Exists(id));
@@ -196,8 +235,7 @@ impl Spool {
         if let Some(at) = summary.scheduled {
             ops.push(Op::Put(Tree::Schedule, schedule_key(at, &key), Vec::new()));
         }
-        self.store.commit(&ops)?;
-        self.durable().await
+        Ok(ops)
     }
 
     fn data_key(&self, id: &MessageId) -> Result<DataKey, SpoolError> {

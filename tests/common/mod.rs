@@ -521,7 +521,7 @@ impl Gateway {
     /// The message with this queue ID, waiting for the queue to deliver it to the sandbox.
     pub fn message(&self, id: &str) -> (Vec<u8>, Value) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.sandbox_dir().join(format!("{id}.json")).exists() && Instant::now() < deadline {
+        while !self.sandbox_dir().join(format!("{id}.eml")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let eml = std::fs::read(self.sandbox_dir().join(format!("{id}.eml")))
