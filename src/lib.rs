@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod listener;
 pub mod pipeline;
 pub mod queue;

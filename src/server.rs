@@ -45,6 +45,8 @@ pub enum ServerError {
     Keyring(#[from] KeyringError),
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// What a signal asks the server to do.
@@ -108,6 +110,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let tls = ServerTls::new(&cfg.tls)?;
     let users = Arc::new(RwLock::new(Arc::new(load_users(&cfg)?)));
     let keyring = load_keyring(&cfg)?;
+    let key_list = keyring.list();
     let spool = Arc::new(Spool::open(&cfg.server.data_dir.join("spool"), keyring)?);
     let pending = spool.recover(crate::types::now_secs()).await?;
     info!(pending = pending.len(), "spool open");
@@ -118,6 +121,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let handoff: Arc<dyn Handoff> = Arc::new(Pipeline::new(queue.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let queue_task = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
+    let _control = crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
     let shared = Arc::new(Shared {
         hostname: cfg.server.hostname.clone(),
         max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
