@@ -46,19 +46,34 @@ pub enum ControlError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
-    QueueList { state: Option<StateTag> },
-    QueueShow { id: MessageId, body: bool },
+    QueueList {
+        state: Option<StateTag>,
+    },
+    QueueShow {
+        id: MessageId,
+        body: bool,
+    },
     /// `None` retries every pending message.
-    QueueRetry { id: Option<MessageId> },
-    QueueDelete { id: MessageId },
+    QueueRetry {
+        id: Option<MessageId>,
+    },
+    QueueDelete {
+        id: MessageId,
+    },
     QueueStats,
     KeysList,
     KeysReload,
     KeysRewrap,
     QuarantineList,
-    QuarantineShow { id: MessageId },
-    QuarantineRelease { id: MessageId },
-    QuarantineDelete { id: MessageId },
+    QuarantineShow {
+        id: MessageId,
+    },
+    QuarantineRelease {
+        id: MessageId,
+    },
+    QuarantineDelete {
+        id: MessageId,
+    },
     Status,
 }
 
@@ -254,7 +269,9 @@ async fn connection(ctl: Arc<Control>, stream: UnixStream) {
             Ok(_) => {}
         }
         if !line.ends_with('\n') && line.len() >= MAX_REQUEST {
-            let _ = write.write_all(b"{\"ok\":false,\"error\":\"request too long\"}\n").await;
+            let _ = write
+                .write_all(b"{\"ok\":false,\"error\":\"request too long\"}\n")
+                .await;
             return;
         }
         let resp = match serde_json::from_str::<Request>(line.trim()) {
@@ -459,7 +476,10 @@ impl Control {
 
     async fn rewrap(&self, admin: &str) -> Result<Count, ActionError> {
         let count = self.queue.spool().rewrap().await?;
-        info!(admin, count, "data keys rewrapped under the current master key");
+        info!(
+            admin,
+            count, "data keys rewrapped under the current master key"
+        );
         Ok(Count { count })
     }
 
@@ -535,10 +555,7 @@ mod tests {
         let req = Request::QueueShow { id, body: true };
         let line = serde_json::to_string(&req).expect("serialize");
         assert!(line.contains("\"cmd\":\"queue-show\""), "{line}");
-        assert_eq!(
-            serde_json::from_str::<Request>(&line).expect("parse"),
-            req
-        );
+        assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), req);
         let list: Request =
             serde_json::from_str(r#"{"cmd":"queue-list","state":"deferred"}"#).expect("parse");
         assert_eq!(

@@ -121,7 +121,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let handoff: Arc<dyn Handoff> = Arc::new(Pipeline::new(queue.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let queue_task = tokio::spawn(queue.clone().run(shutdown_rx.clone()));
-    let _control = crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
+    let _control =
+        crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
     let shared = Arc::new(Shared {
         hostname: cfg.server.hostname.clone(),
         max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),

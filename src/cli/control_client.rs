@@ -64,9 +64,7 @@ pub fn call<T: DeserializeOwned>(cfg: &Config, req: &Request) -> Result<T, Clien
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(io)?;
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
     let bad = |reason: String| ClientError::BadReply {
         path: path.clone(),
         reason,
@@ -106,7 +104,10 @@ pub fn status(config: &Path, json: bool) -> Result<(), CliError> {
         print_json(&st);
         return Ok(());
     }
-    println!("phigate {} running (pid {}, up {}s) as {}", st.version, st.pid, st.uptime_secs, st.hostname);
+    println!(
+        "phigate {} running (pid {}, up {}s) as {}",
+        st.version, st.pid, st.uptime_secs, st.hostname
+    );
     println!(
         "current key {}; {} messages, {} pending, oldest pending {}",
         st.current_key.as_deref().unwrap_or("-"),

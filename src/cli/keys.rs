@@ -36,7 +36,11 @@ pub fn run(config: &Path, action: &KeysAction) -> Result<(), CliError> {
         }
         KeysAction::Rotate => {
             let info = keys::rotate_file(file).map_err(crate::server::ServerError::from)?;
-            println!("added key {} to {}; it is now current", info.id, file.display());
+            println!(
+                "added key {} to {}; it is now current",
+                info.id,
+                file.display()
+            );
             match call::<Vec<KeyRow>>(&cfg, &Request::KeysReload) {
                 Ok(_) => println!("the running daemon reloaded the keyring"),
                 Err(ClientError::NotRunning { .. }) => {
@@ -51,7 +55,10 @@ pub fn run(config: &Path, action: &KeysAction) -> Result<(), CliError> {
                 print_json(&rows);
                 return Ok(());
             }
-            println!("{:<18}  {:<20}  {:<7}  MESSAGES", "ID", "CREATED", "CURRENT");
+            println!(
+                "{:<18}  {:<20}  {:<7}  MESSAGES",
+                "ID", "CREATED", "CURRENT"
+            );
             for r in rows {
                 println!(
                     "{:<18}  {:<20}  {:<7}  {}",

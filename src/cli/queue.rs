@@ -78,10 +78,16 @@ pub fn run(config: &Path, action: &QueueAction) -> Result<(), CliError> {
                 print_json(&items);
                 return Ok(());
             }
-            println!("{:<26}  {:<20}  {:>9}  {:<30}  NEXT ATTEMPT", "ID", "RECEIVED", "SIZE", "STATES");
+            println!(
+                "{:<26}  {:<20}  {:>9}  {:<30}  NEXT ATTEMPT",
+                "ID", "RECEIVED", "SIZE", "STATES"
+            );
             for i in items {
-                let states: Vec<String> =
-                    i.states.iter().map(|(t, n)| format!("{}:{n}", tag(*t))).collect();
+                let states: Vec<String> = i
+                    .states
+                    .iter()
+                    .map(|(t, n)| format!("{}:{n}", tag(*t)))
+                    .collect();
                 let mut states = states.join(",");
                 if i.shredded {
                     states.push_str(" (shredded)");
@@ -130,7 +136,8 @@ pub fn run(config: &Path, action: &QueueAction) -> Result<(), CliError> {
             println!("pending         {}", st.pending);
             println!(
                 "oldest pending  {}",
-                st.oldest_pending_age.map_or_else(|| "-".into(), |a| format!("{a}s"))
+                st.oldest_pending_age
+                    .map_or_else(|| "-".into(), |a| format!("{a}s"))
             );
             println!("flushes         {}", st.flushes);
             for (t, n) in &st.recipients_by_state {
@@ -153,7 +160,11 @@ pub fn print_message(v: &MessageView) {
         println!("shredded     {} (content and envelope are gone)", when(t));
     }
     if let Some(env) = &v.envelope {
-        let from = if env.mail_from.is_empty() { "<>" } else { env.mail_from.as_str() };
+        let from = if env.mail_from.is_empty() {
+            "<>"
+        } else {
+            env.mail_from.as_str()
+        };
         println!("from         {from}");
         println!("listener     {} (peer {})", env.listener, env.peer_ip);
         if let Some(a) = &env.auth {
@@ -167,7 +178,11 @@ pub fn print_message(v: &MessageView) {
             .as_ref()
             .and_then(|e| e.recipients.get(i))
             .map_or("(shredded)", |r| r.address.as_str());
-        println!("rcpt {i:<3}     {addr}  {}  attempts {}", tag(r.state), r.attempts);
+        println!(
+            "rcpt {i:<3}     {addr}  {}  attempts {}",
+            tag(r.state),
+            r.attempts
+        );
         if let Some(st) = recipients.get(i) {
             if let Some(e) = &st.last_error {
                 println!("             last error: {e}");
