@@ -50,6 +50,8 @@ pub enum ServerError {
     Delivery(#[from] crate::delivery::DeliveryError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// The queue's view of outbound delivery (MX or smarthost).
@@ -134,6 +136,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     cfg.validate()?;
     let tls = ServerTls::new(&cfg.tls)?;
     let keyring = load_keyring(&cfg)?;
+    let key_list = keyring.list();
     let spool = Arc::new(Spool::open(&cfg.server.data_dir.join("spool"), keyring)?);
     let pending = spool.recover(crate::types::now_secs()).await?;
     info!(pending = pending.len(), "spool open");
@@ -157,6 +160,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     // grace period is still delivered if it can be.
     let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
     let queue_task = tokio::spawn(queue.clone().run(queue_stop_rx));
+    let _control =
+        crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
     let services = Services {
         handoff,
         limiter,

@@ -1,7 +1,11 @@
 //! Command line: `phigate serve | check-config | user ...`. Every command takes
 //! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
 
+pub mod control_client;
 mod dlp;
+mod keys;
+mod quarantine;
+mod queue;
 mod user;
 
 use crate::config::{self, Config};
@@ -61,6 +65,26 @@ pub enum Command {
         #[command(subcommand)]
         action: user::UserAction,
     },
+    /// Inspect and manage the spool queue of the running daemon.
+    Queue {
+        #[command(subcommand)]
+        action: queue::QueueAction,
+    },
+    /// Manage master keys (generate, rotate, list, rewrap).
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
+    },
+    /// Inspect and release or delete quarantined messages.
+    Quarantine {
+        #[command(subcommand)]
+        action: quarantine::QuarantineAction,
+    },
+    /// Is the daemon running, and how full is its queue.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Errors a command reports: one line, then a non-zero exit.
@@ -78,6 +102,8 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Control(#[from] control_client::ClientError),
 }
 
 impl CliError {
@@ -158,5 +184,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dlp { action } => dlp::run_dlp(&cli.config, action),
         Command::Policy { action } => dlp::run_policy(&cli.config, action),
         Command::User { action } => user::run(&cli.config, action),
+        Command::Queue { action } => queue::run(&cli.config, action),
+        Command::Keys { action } => keys::run(&cli.config, action),
+        Command::Quarantine { action } => quarantine::run(&cli.config, action),
+        Command::Status { json } => control_client::status(&cli.config, *json),
     }
 }
