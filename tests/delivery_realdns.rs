@@ -743,7 +743,7 @@ fn serve_binary_delivers_to_postfix_over_dane() {
     std::fs::create_dir_all(&pf_dir).expect("pf dir");
     let _pf = start_postfix(&pf_dir, lo(7, port), "pf.lab.test", &pf_cert);
 
-    let gw = Gateway::start(GwOpts {
+    let mut gw = Gateway::start(GwOpts {
         delivery: Some(format!(
             "mode = \"mx\"\nmx_port = {port}\ndns_servers = [\"{}\"]\ndnssec_trust_anchor = \"{}\"\nconnect_timeout = \"3s\"\n",
             lab.dns,
@@ -806,6 +806,84 @@ fn serve_binary_delivers_to_postfix_over_dane() {
             && l.contains("mx-pf.lab.test")),
         "{log}"
     );
+
+    // `phigate tls check` with the same configuration: DANE required, TLS established.
+    let out = Command::new(common::BIN)
+        .args(["tls", "check", "pf.lab.test", "--json", "--config"])
+        .arg(&gw.config)
+        .output()
+        .expect("tls check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["mx_dnssec"], "secure", "{report}");
+    assert_eq!(report["hosts"][0]["requirement"], "dane", "{report}");
+    assert_eq!(report["hosts"][0]["hop"]["method"], "dane-ee", "{report}");
+    assert_eq!(report["would_deliver"], true, "{report}");
+    let table = Command::new(common::BIN)
+        .args(["tls", "check", "pf.lab.test", "--config"])
+        .arg(&gw.config)
+        .output()
+        .expect("tls check");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("would deliver    yes"), "{text}");
+
+    // `phigate sts` while the daemon holds the spool: a clear refusal.
+    let config = gw.config.clone();
+    let sts = |args: &[&str]| {
+        let out = Command::new(common::BIN)
+            .arg("sts")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("phigate sts");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, _, err) = sts(&["show", "pf.lab.test"]);
+    assert!(!ok && err.contains("in use by a running phigate"), "{err}");
+    gw.stop();
+
+    // With the daemon stopped: a policy put in the spool cache is shown, then purged.
+    {
+        use phigate::delivery::sts::{CacheEntry, StsCache};
+        use phigate::delivery::sts_store::SpoolStsCache;
+        use phigate::tls::mta_sts::{CachedPolicy, Policy};
+        let ring = phigate::spool::Keyring::load(&gw.tmp.path().join("master.keys")).expect("keys");
+        let spool = phigate::spool::Spool::open(&gw.data.join("spool"), ring).expect("spool");
+        let cache = SpoolStsCache::new(Arc::new(spool));
+        let policy =
+            Policy::parse("version: STSv1\nmode: enforce\nmx: mx-pf.lab.test\nmax_age: 86400\n")
+                .expect("policy");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        rt.block_on(cache.put(
+            "pf.lab.test",
+            CacheEntry::fetched(CachedPolicy {
+                policy,
+                txt_id: "7".into(),
+                fetched_at: phigate::types::now_secs(),
+            }),
+        ))
+        .expect("put");
+    }
+    let (ok, out, err) = sts(&["show", "pf.lab.test", "--json"]);
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["mode"], "enforce", "{shown}");
+    assert_eq!(shown["mx"][0], "mx-pf.lab.test", "{shown}");
+    let (ok, out, _) = sts(&["purge", "pf.lab.test"]);
+    assert!(ok && out.contains("purged"), "{out}");
+    let (ok, out, _) = sts(&["show", "pf.lab.test"]);
+    assert!(ok && out.contains("no cached MTA-STS policy"), "{out}");
 }
 
 fn nix_root() -> bool {

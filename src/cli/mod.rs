@@ -1,6 +1,8 @@
 //! Command line: `phigate serve | check-config | user ...`. Every command takes
 //! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
 
+mod sts;
+mod tls;
 mod user;
 
 use crate::config::{self, Config};
@@ -49,6 +51,16 @@ pub enum Command {
     User {
         #[command(subcommand)]
         action: user::UserAction,
+    },
+    /// Outbound TLS diagnostics.
+    Tls {
+        #[command(subcommand)]
+        action: tls::TlsAction,
+    },
+    /// The MTA-STS policy cache.
+    Sts {
+        #[command(subcommand)]
+        action: sts::StsAction,
     },
 }
 
@@ -134,5 +146,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::User { action } => user::run(&cli.config, action),
+        Command::Tls { action } => tls::run(&cli.config, action),
+        Command::Sts { action } => sts::run(&cli.config, action),
     }
 }

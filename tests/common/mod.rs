@@ -562,6 +562,16 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Stops the daemon (SIGKILL) and waits for it, releasing the spool.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
