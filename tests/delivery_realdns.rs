@@ -218,11 +218,20 @@ struct Seen {
     plaintext: Vec<String>,
     tls: Vec<String>,
     messages: Vec<Vec<u8>>,
+    /// Transactions (MAIL to the end-of-DATA reply) in progress, and the most at once.
+    active: usize,
+    max_active: usize,
+    /// Wait before answering the end of DATA (makes deliveries overlap).
+    slow: bool,
 }
 
 type SeenLog = Arc<Mutex<Seen>>;
 
 async fn receiver(addr: SocketAddr, cert: &Cert) -> SeenLog {
+    receiver_with(addr, cert, false).await
+}
+
+async fn receiver_with(addr: SocketAddr, cert: &Cert, slow: bool) -> SeenLog {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = Arc::new(
         rustls::ServerConfig::builder_with_provider(provider)
@@ -234,39 +243,46 @@ async fn receiver(addr: SocketAddr, cert: &Cert) -> SeenLog {
     );
     let listener = TcpListener::bind(addr).await.expect("bind receiver");
     let log: SeenLog = Arc::default();
+    log.lock().expect("log").slow = slow;
     let log2 = log.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             log2.lock().expect("log").connections += 1;
             let (cfg, log) = (cfg.clone(), log2.clone());
-            tokio::spawn(async move {
-                let mut r = BufReader::new(tcp);
-                let _ = r.get_mut().write_all(b"220 mx ESMTP\r\n").await;
-                let mut line = String::new();
-                while matches!(r.read_line(&mut line).await, Ok(n) if n > 0) {
-                    let cmd = line.trim_end().to_ascii_uppercase();
-                    line.clear();
-                    log.lock().expect("log").plaintext.push(cmd.clone());
-                    let reply: &[u8] = if cmd.starts_with("EHLO") {
-                        b"250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
-                    } else if cmd == "STARTTLS" {
-                        let _ = r.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await;
-                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                        if let Ok(tls) = acceptor.accept(r.into_inner()).await {
-                            tls_session(tls, &log).await;
-                        }
-                        return;
-                    } else {
-                        b"530 5.7.0 STARTTLS first\r\n"
-                    };
-                    if r.get_mut().write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(async move { connection(tcp, cfg, &log).await });
         }
     });
     log
+}
+
+async fn connection(tcp: tokio::net::TcpStream, cfg: Arc<rustls::ServerConfig>, log: &SeenLog) {
+    {
+        {
+            let mut r = BufReader::new(tcp);
+            let _ = r.get_mut().write_all(b"220 mx ESMTP\r\n").await;
+            let mut line = String::new();
+            while matches!(r.read_line(&mut line).await, Ok(n) if n > 0) {
+                let cmd = line.trim_end().to_ascii_uppercase();
+                line.clear();
+                log.lock().expect("log").plaintext.push(cmd.clone());
+                let reply: &[u8] = if cmd.starts_with("EHLO") {
+                    b"250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+                } else if cmd == "STARTTLS" {
+                    let _ = r.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await;
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    if let Ok(tls) = acceptor.accept(r.into_inner()).await {
+                        tls_session(tls, log).await;
+                    }
+                    return;
+                } else {
+                    b"530 5.7.0 STARTTLS first\r\n"
+                };
+                if r.get_mut().write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn tls_session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: &SeenLog) {
@@ -280,7 +296,16 @@ async fn tls_session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: &SeenLog
         if let Some(b) = body.as_mut() {
             if raw == b".\r\n" {
                 let msg = body.take().unwrap_or_default();
-                log.lock().expect("log").messages.push(msg);
+                let slow = log.lock().expect("log").slow;
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                {
+                    let mut l = log.lock().expect("log");
+                    l.messages.push(msg);
+                    // Before the reply: the client cannot start another until it has it.
+                    l.active = l.active.saturating_sub(1);
+                }
                 let _ = r.get_mut().write_all(b"250 2.0.0 queued\r\n").await;
             } else {
                 b.extend_from_slice(&raw);
@@ -290,7 +315,14 @@ async fn tls_session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: &SeenLog
         let cmd = String::from_utf8_lossy(&raw)
             .trim_end()
             .to_ascii_uppercase();
-        log.lock().expect("log").tls.push(cmd.clone());
+        {
+            let mut l = log.lock().expect("log");
+            l.tls.push(cmd.clone());
+            if cmd.starts_with("MAIL") {
+                l.active += 1;
+                l.max_active = l.max_active.max(l.active);
+            }
+        }
         let reply: &[u8] = if cmd.starts_with("EHLO") {
             b"250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
         } else if cmd == "DATA" {
@@ -892,4 +924,49 @@ fn nix_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// `per_destination_connections` caps simultaneous connections to one domain; with a
+/// higher cap the same deliveries do overlap (so the first check is not vacuous).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_destination_connection_limit() {
+    let port = free_port();
+    let cert = self_signed("mx.limit.test");
+    let seen = receiver_with(lo(8, port), &cert, true).await;
+    let r = StaticResolver::new()
+        .with_mx(
+            "limit.test",
+            DnssecStatus::Insecure,
+            &[(10, "mx.limit.test")],
+        )
+        .with_ip(
+            "mx.limit.test",
+            DnssecStatus::Insecure,
+            &[IpAddr::from([127, 0, 0, 8])],
+        );
+    for (limit, want_max) in [(1, 1), (3, 3)] {
+        let mut cfg = DeliveryConfig::with_mode(DeliveryMode::Mx);
+        cfg.mx_port = port;
+        cfg.per_destination_connections = limit;
+        let d = Deliverer::with_parts(
+            &cfg,
+            Arc::new(r.clone()),
+            Arc::new(MemoryStsCache::default()),
+        )
+        .expect("deliverer");
+        seen.lock().expect("log").max_active = 0;
+        let outs = futures_join3(&d).await;
+        assert!(outs.iter().all(delivered), "{outs:?}");
+        let max = seen.lock().expect("log").max_active;
+        assert_eq!(max, want_max, "limit {limit}");
+    }
+}
+
+async fn futures_join3(d: &Deliverer) -> Vec<RcptOutcome> {
+    let (a, b, c) = tokio::join!(
+        send(d, "a@limit.test"),
+        send(d, "b@limit.test"),
+        send(d, "c@limit.test")
+    );
+    vec![a, b, c]
 }
