@@ -145,7 +145,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         DeliveryMode::Mx | DeliveryMode::Smarthost => Arc::new(DeliveryTransport(
             crate::delivery::Deliverer::new(&cfg.delivery)
                 .await?
-                .with_helo_name(&cfg.server.hostname),
+                .with_helo_name(&cfg.server.hostname)
+                .with_sts_cache(Arc::new(crate::delivery::sts_store::SpoolStsCache::new(
+                    spool.clone(),
+                ))),
         )),
     };
     let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));

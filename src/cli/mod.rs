@@ -6,6 +6,8 @@ mod dlp;
 mod keys;
 mod quarantine;
 mod queue;
+mod sts;
+mod tls;
 mod user;
 
 use crate::config::{self, Config};
@@ -84,6 +86,16 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Outbound TLS diagnostics.
+    Tls {
+        #[command(subcommand)]
+        action: tls::TlsAction,
+    },
+    /// The MTA-STS policy cache.
+    Sts {
+        #[command(subcommand)]
+        action: sts::StsAction,
     },
 }
 
@@ -188,5 +200,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys { action } => keys::run(&cli.config, action),
         Command::Quarantine { action } => quarantine::run(&cli.config, action),
         Command::Status { json } => control_client::status(&cli.config, *json),
+        Command::Tls { action } => tls::run(&cli.config, action),
+        Command::Sts { action } => sts::run(&cli.config, action),
     }
 }

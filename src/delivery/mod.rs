@@ -10,6 +10,7 @@ pub mod client;
 pub mod level;
 pub mod route;
 pub mod sts;
+pub mod sts_store;
 mod verifiers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -203,9 +204,23 @@ impl Deliverer {
         self
     }
 
+    /// Replaces the MTA-STS policy cache (the server passes the spool's persistent one).
+    pub fn with_sts_cache(mut self, cache: Arc<dyn StsCache>) -> Self {
+        self.sts_cache = cache;
+        self
+    }
+
     /// The MTA-STS policy cache (for `phigate sts show|refresh|purge`).
     pub fn sts_cache(&self) -> &Arc<dyn StsCache> {
         &self.sts_cache
+    }
+
+    /// Fetches `domain`'s MTA-STS policy now and stores it (`phigate sts refresh`).
+    pub async fn sts_refresh(&self, domain: &str) -> sts::StsResult {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.sts
+            .refresh(self.resolver.as_ref(), self.sts_cache.as_ref(), &domain)
+            .await
     }
 
     /// Delivers one message to `rcpts` (indexes into `env.recipients`), grouping them by

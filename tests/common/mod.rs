@@ -263,6 +263,8 @@ pub struct GwOpts {
     pub client_ca: bool,
     pub users: Vec<&'static str>,
     pub log_level: &'static str,
+    /// Body of `[delivery]`; None: `mode = "sandbox"`.
+    pub delivery: Option<String>,
 }
 
 impl Default for GwOpts {
@@ -279,6 +281,7 @@ impl Default for GwOpts {
             client_ca: false,
             users: vec![],
             log_level: "info",
+            delivery: None,
         }
     }
 }
@@ -340,11 +343,12 @@ impl Gateway {
             cfg += &format!("client_ca = \"{}\"\n", pki.client_ca.display());
         }
         cfg += &format!(
-            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\nmode = \"sandbox\"\n\n[spool]\nkey_file = \"{}\"\ngenerate_key = true\n",
+            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\n{}\n[spool]\nkey_file = \"{}\"\ngenerate_key = true\n",
             tmp.path().join("users").display(),
             toml_list(&opts.allow_networks),
             opts.auth_extra,
             opts.auth_extra_pki.as_ref().map(|f| f(&pki)).unwrap_or_default(),
+            opts.delivery.as_deref().unwrap_or("mode = \"sandbox\"\n"),
             tmp.path().join("master.keys").display()
         );
         let config = tmp.path().join("phigate.toml");
@@ -555,6 +559,16 @@ impl Gateway {
             "servername": "localhost",
             "steps": steps,
         })
+    }
+}
+
+impl Gateway {
+    /// Stops the daemon (SIGKILL) and waits for it, releasing the spool.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
