@@ -263,6 +263,8 @@ pub struct GwOpts {
     pub client_ca: bool,
     pub users: Vec<&'static str>,
     pub log_level: &'static str,
+    /// Policy file text: written to `<tmp>/policy.toml` and named by `[policy] file`.
+    pub policy: Option<String>,
 }
 
 impl Default for GwOpts {
@@ -279,6 +281,7 @@ impl Default for GwOpts {
             client_ca: false,
             users: vec![],
             log_level: "info",
+            policy: None,
         }
     }
 }
@@ -347,6 +350,11 @@ impl Gateway {
             opts.auth_extra_pki.as_ref().map(|f| f(&pki)).unwrap_or_default(),
             tmp.path().join("master.keys").display()
         );
+        if let Some(text) = &opts.policy {
+            let p = tmp.path().join("policy.toml");
+            std::fs::write(&p, text).expect("write policy");
+            cfg += &format!("\n[policy]\nfile = \"{}\"\n", p.display());
+        }
         let config = tmp.path().join("phigate.toml");
         std::fs::write(&config, cfg).expect("write config");
         let mut gw = Gateway {
@@ -429,6 +437,29 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Where `GwOpts::policy` was written (rewrite it, then SIGHUP, to reload).
+    pub fn policy_path(&self) -> PathBuf {
+        self.tmp.path().join("policy.toml")
+    }
+
+    /// SIGTERM and wait for a clean exit (the spool is then free to open in-process).
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let st = self.wait_exit(Duration::from_secs(30));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "phigate did not exit cleanly: {st:?}\n{}",
+            self.log()
+        );
+        self.child = None;
+    }
+
+    /// Start the binary again on the same configuration and data (after `stop`).
+    pub fn restart(&mut self, log_level: &str) {
+        assert!(self.child.is_none(), "stop() first");
+        self.spawn(log_level);
     }
 
     pub fn port(&self, name: &str) -> u16 {
