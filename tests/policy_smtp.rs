@@ -33,6 +33,14 @@ max_recipients = 3
 action = "accept"
 
 [[rule]]
+name = "alice-on-submission"
+action = "tag"
+[rule.match]
+# Identities are `method:name` (password:, client-cert:, ip:).
+auth = ["password:alice"]
+listener = ["submission"]
+
+[[rule]]
 name = "ssn-external"
 action = "reject"
 [rule.match]
@@ -48,6 +56,7 @@ detectors = [{ name = "undecodable-part", min_confidence = "low" }]
 [[rule]]
 name = "cards-held"
 action = "quarantine"
+require_tls = "verify"
 [rule.match]
 detectors = ["card"]
 
@@ -347,6 +356,8 @@ fn quarantine_holds_the_message_then_release_delivers_it() {
     let (eml, env) = gw.message(&id);
     assert!(String::from_utf8_lossy(&eml).contains(CARD));
     assert_eq!(env["recipients"][0]["address"], INTERNAL);
+    // The rule's TLS level was stored with the held message and survives release.
+    assert_eq!(env["tls_floor"], "verify", "{env}");
 }
 
 /// The same flow through the operator CLI and the control socket.
@@ -382,6 +393,41 @@ fn quarantine_list_and_release_through_the_cli() {
     let (eml, _) = gw.message(&id);
     assert!(String::from_utf8_lossy(&eml).contains(CARD));
     let _ = std::fs::remove_file(&sock);
+}
+
+/// Rules can match the authenticated identity and the listener of the session.
+#[test]
+fn rules_match_authenticated_identity_and_listener() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let gw = Gateway::start(GwOpts {
+        policy: Some(POLICY.to_string()),
+        // Only the password authorises, so the identity is alice's.
+        allow_networks: vec!["192.0.2.0/24"],
+        users: vec!["alice"],
+        ..GwOpts::default()
+    });
+    let msg = "From: <dr@clinic.example>\nSubject: rota\n\nNo identifiers here.\n";
+    let session = |listener: &str| {
+        let mut s = if listener == "submission" {
+            starttls_prelude()
+        } else {
+            vec![send("EHLO ehr.clinic.test\r\n")]
+        };
+        s.push(send(&auth_plain("alice", PASSWORD)));
+        s.extend(steps(&[INTERNAL], msg).into_iter().skip(1));
+        gw.peer(listener, s)
+    };
+    let ts = py_many(vec![session("submission"), session("smtps")]);
+    let n = ts[0].steps.len();
+    let on_submission = queued_id(ts[0].line(n - 2));
+    let on_smtps = queued_id(ts[1].line(ts[1].steps.len() - 2));
+    let (eml, _) = gw.message(&on_submission);
+    assert_eq!(header_values(&eml, "X-Phigate-DLP"), vec!["none"]);
+    let (eml, env) = gw.message(&on_smtps);
+    assert!(header_values(&eml, "X-Phigate-DLP").is_empty());
+    assert_eq!(env["auth"]["identity"], "alice");
 }
 
 #[test]
