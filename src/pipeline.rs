@@ -122,12 +122,9 @@ impl Pipeline {
             };
             let d = policy.evaluate(&ctx, &scan, &view);
             drop(view);
-            let edits = d.tag_header.is_some() || d.enforced.redact_subject.is_some();
-            let content = if edits {
-                d.apply_to_message(&content)
-            } else {
-                content
-            };
+            // Always: besides our own edits this drops any X-Phigate-DLP header a
+            // sender forged, which must not reach recipients on untagged mail either.
+            let content = d.apply_to_message(&content);
             env.tls_floor = env.tls_floor.max(d.enforced.require_tls);
             Verdict {
                 action: d.enforced.action,

@@ -881,7 +881,7 @@ fn serve_binary_delivers_to_postfix_over_dane() {
     };
     let (ok, _, err) = sts(&["show", "pf.lab.test"]);
     assert!(!ok && err.contains("in use by a running phigate"), "{err}");
-    gw.stop();
+    gw.kill();
 
     // With the daemon stopped: a policy put in the spool cache is shown, then purged.
     {

@@ -265,6 +265,8 @@ pub struct GwOpts {
     pub log_level: &'static str,
     /// Body of `[delivery]`; None: `mode = "sandbox"`.
     pub delivery: Option<String>,
+    /// Policy file text: written to `<tmp>/policy.toml` and named by `[policy] file`.
+    pub policy: Option<String>,
 }
 
 impl Default for GwOpts {
@@ -282,6 +284,7 @@ impl Default for GwOpts {
             users: vec![],
             log_level: "info",
             delivery: None,
+            policy: None,
         }
     }
 }
@@ -351,6 +354,11 @@ impl Gateway {
             opts.delivery.as_deref().unwrap_or("mode = \"sandbox\"\n"),
             tmp.path().join("master.keys").display()
         );
+        if let Some(text) = &opts.policy {
+            let p = tmp.path().join("policy.toml");
+            std::fs::write(&p, text).expect("write policy");
+            cfg += &format!("\n[policy]\nfile = \"{}\"\n", p.display());
+        }
         let config = tmp.path().join("phigate.toml");
         std::fs::write(&config, cfg).expect("write config");
         let mut gw = Gateway {
@@ -433,6 +441,29 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Where `GwOpts::policy` was written (rewrite it, then SIGHUP, to reload).
+    pub fn policy_path(&self) -> PathBuf {
+        self.tmp.path().join("policy.toml")
+    }
+
+    /// SIGTERM and wait for a clean exit (the spool is then free to open in-process).
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let st = self.wait_exit(Duration::from_secs(30));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "phigate did not exit cleanly: {st:?}\n{}",
+            self.log()
+        );
+        self.child = None;
+    }
+
+    /// Start the binary again on the same configuration and data (after `stop`).
+    pub fn restart(&mut self, log_level: &str) {
+        assert!(self.child.is_none(), "stop() first");
+        self.spawn(log_level);
     }
 
     pub fn port(&self, name: &str) -> u16 {
@@ -563,8 +594,8 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Stops the daemon (SIGKILL) and waits for it, releasing the spool.
-    pub fn stop(&mut self) {
+    /// Kills the daemon (SIGKILL) and waits for it, releasing the spool.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
