@@ -1,6 +1,7 @@
 //! Command line: `phigate serve | check-config | user ...`. Every command takes
 //! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
 
+mod audit;
 mod dlp;
 mod user;
 
@@ -55,6 +56,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         action: dlp::PolicyAction,
+    },
+    /// Verify or export the tamper-evident audit trail (daemon stopped).
+    Audit {
+        #[command(subcommand)]
+        action: audit::AuditAction,
     },
     /// Manage SMTP AUTH users (passwords are read from stdin or a prompt, never arguments).
     User {
@@ -158,5 +164,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dlp { action } => dlp::run_dlp(&cli.config, action),
         Command::Policy { action } => dlp::run_policy(&cli.config, action),
         Command::User { action } => user::run(&cli.config, action),
+        Command::Audit { action } => audit::run(&cli.config, action),
     }
 }
