@@ -84,11 +84,7 @@ fn every_kind_of_damage_is_caught_and_named() {
     // Edit one byte of record 4 (a digit in its clear data).
     let r = tampered(&orig, None, |s| {
         let mut v = get(s, 4);
-        let pos = v
-            .windows(4)
-            .position(|w| w == b"\"i\":")
-            .expect("field i")
-            + 4;
+        let pos = v.windows(4).position(|w| w == b"\"i\":").expect("field i") + 4;
         v[pos] = if v[pos] == b'9' { b'8' } else { b'9' };
         s.commit(&[Op::Put(Tree::Audit, 4u64.to_be_bytes().to_vec(), v)])
             .expect("edit");

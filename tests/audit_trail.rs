@@ -63,7 +63,10 @@ fn trail_records_every_hop_and_verifies() {
 
     let (ok, out, err) = phigate(&gw, &["audit", "verify"]);
     assert!(ok, "verify failed: {out} {err}");
-    assert!(out.starts_with("ok ") && out.contains(" records, head "), "{out}");
+    assert!(
+        out.starts_with("ok ") && out.contains(" records, head "),
+        "{out}"
+    );
 
     let (ok, out, err) = phigate(&gw, &["audit", "export", "--format", "jsonl"]);
     assert!(ok, "export failed: {err}");
@@ -87,7 +90,12 @@ fn trail_records_every_hop_and_verifies() {
         "delivered",
     ];
     for w in order.windows(2) {
-        assert!(pos(w[0]) < pos(w[1]), "{} not before {}: {kinds:?}", w[0], w[1]);
+        assert!(
+            pos(w[0]) < pos(w[1]),
+            "{} not before {}: {kinds:?}",
+            w[0],
+            w[1]
+        );
     }
     let session = &recs[pos("session_opened")];
     assert_eq!(session["tls_version"], t.tls["version"], "{session}");
@@ -115,7 +123,10 @@ fn trail_records_every_hop_and_verifies() {
     // The export was itself audited, and the chain still verifies.
     let (ok, out, _) = phigate(&gw, &["audit", "export", "--format", "csv"]);
     assert!(ok);
-    assert!(out.lines().last().unwrap_or("").contains(",export,"), "{out}");
+    assert!(
+        out.lines().last().unwrap_or("").contains(",export,"),
+        "{out}"
+    );
     let (ok, out, err) = phigate(
         &gw,
         &["audit", "export", "--recipient", "patient@example.net"],
