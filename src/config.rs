@@ -67,6 +67,8 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
@@ -358,6 +360,34 @@ impl Default for RetentionConfig {
     }
 }
 
+/// `[audit]`: the tamper-evident audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the chain head (seq + hash) is logged (0 = never).
+    #[serde(default = "defaults::head_log_interval")]
+    pub head_log_interval: Seconds,
+    /// RFC 5424 forwarding: `udp://HOST:PORT`, `unix:///dev/log` or `/dev/log`.
+    #[serde(default)]
+    pub syslog: Option<String>,
+    #[serde(default)]
+    pub syslog_include_addresses: bool,
+    /// Records older than this are purged (default six years, the HIPAA period).
+    #[serde(default = "defaults::audit_retention")]
+    pub retention: Seconds,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            head_log_interval: defaults::head_log_interval(),
+            syslog: None,
+            syslog_include_addresses: false,
+            retention: defaults::audit_retention(),
+        }
+    }
+}
+
 mod defaults {
     use super::*;
     pub fn mx_port() -> u16 {
@@ -429,6 +459,12 @@ mod defaults {
     pub fn metadata() -> Seconds {
         Seconds(30 * 86400)
     }
+    pub fn head_log_interval() -> Seconds {
+        Seconds(600)
+    }
+    pub fn audit_retention() -> Seconds {
+        Seconds(6 * 365 * 86400)
+    }
 }
 
 /// A duration written as `90`, `"90s"`, `"5m"`, `"2h"` or `"5d"`.
@@ -455,7 +491,8 @@ impl std::str::FromStr for Seconds {
             "m" => 60,
             "h" => 3600,
             "d" => 86400,
-            _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+            "y" => 365 * 86400,
+            _ => return Err(format!("`{s}`: unit must be s, m, h, d or y")),
         };
         Ok(Seconds(n.saturating_mul(mult)))
     }

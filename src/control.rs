@@ -6,6 +6,7 @@
 //! Who may connect is decided by the socket's mode and group; the peer's user name
 //! (from `SO_PEERCRED`) is logged with every action that reveals or changes content.
 
+use crate::audit::{AuditEvent, Kind};
 use crate::config::Config;
 use crate::queue::{Queue, QueueError};
 use crate::spool::{
@@ -180,6 +181,8 @@ enum ActionError {
     Keyring(#[from] KeyringError),
     #[error("message {0} is not quarantined")]
     NotQuarantined(MessageId),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 struct Control {
@@ -210,6 +213,10 @@ pub async fn start(
     });
     info!(socket = %path.display(), "control socket listening");
     Ok(Some(tokio::spawn(serve(ctl, listener, path, shutdown))))
+}
+
+fn a_current_key(queue: &Queue) -> String {
+    queue.spool().keyring().current().id().to_string()
 }
 
 async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
@@ -323,7 +330,9 @@ impl Control {
     async fn handle(&self, req: Request, admin: &str) -> Response {
         let result = match req {
             Request::QueueList { state } => self.list(state).map(|v| Response::ok(&v)),
-            Request::QueueShow { id, body } => self.show(id, body, admin).map(|v| Response::ok(&v)),
+            Request::QueueShow { id, body } => {
+                self.show(id, body, admin).await.map(|v| Response::ok(&v))
+            }
             Request::QueueRetry { id } => self.retry(id, admin).await.map(|v| Response::ok(&v)),
             Request::QueueDelete { id } => self.delete(id, admin).await.map(|v| Response::ok(&v)),
             Request::QueueStats => self
@@ -336,10 +345,10 @@ impl Control {
             Request::KeysReload => self.reload_keys(admin).map(|v| Response::ok(&v)),
             Request::KeysRewrap => self.rewrap(admin).await.map(|v| Response::ok(&v)),
             Request::QuarantineList => self.quarantine_list().map(|v| Response::ok(&v)),
-            Request::QuarantineShow { id } => self
-                .quarantined(id)
-                .and_then(|_| self.show(id, false, admin))
-                .map(|v| Response::ok(&v)),
+            Request::QuarantineShow { id } => match self.quarantined(id) {
+                Ok(_) => self.show(id, false, admin).await.map(|v| Response::ok(&v)),
+                Err(e) => Err(e),
+            },
             Request::QuarantineRelease { id } => {
                 self.release(id, admin).await.map(|v| Response::ok(&v))
             }
@@ -376,7 +385,12 @@ impl Control {
         Ok(out)
     }
 
-    fn show(&self, id: MessageId, body: bool, admin: &str) -> Result<MessageView, ActionError> {
+    async fn show(
+        &self,
+        id: MessageId,
+        body: bool,
+        admin: &str,
+    ) -> Result<MessageView, ActionError> {
         let spool = self.queue.spool();
         let summary = spool.summary(&id)?;
         let quarantine = spool
@@ -399,7 +413,11 @@ impl Control {
         }
         let (envelope, body_base64) = if body {
             let (env, content) = spool.load(&id)?;
-            // Viewing content is an audited action; only who and which message are logged.
+            // Viewing content is an audited action, recorded before the body is returned.
+            if let Some(a) = self.queue.audit() {
+                a.record(vec![AuditEvent::admin(Kind::BodyViewed, admin, id)])
+                    .await?;
+            }
             info!(admin, msg_id = %id, "message content viewed (queue show --body)");
             (env, Some(B64.encode(&content)))
         } else {
@@ -443,7 +461,13 @@ impl Control {
                 spool.set_recipients(&id, &states).await?;
             }
         }
-        spool.shred(&id).await?;
+        match self.queue.audit() {
+            Some(a) => {
+                let batch = a.batch(vec![AuditEvent::admin(Kind::Delete, admin, id)]);
+                spool.shred_with(&id, &batch).await?
+            }
+            None => spool.shred(&id).await?,
+        }
         info!(admin, msg_id = %id, "message deleted and crypto-shredded");
         Ok(Count { count: 1 })
     }
@@ -470,12 +494,25 @@ impl Control {
         let current = ring.current().id().to_string();
         self.queue.spool().set_keyring(ring)?;
         *self.keys.lock().unwrap_or_else(|p| p.into_inner()) = list;
+        if let Some(a) = self.queue.audit() {
+            a.record_now(AuditEvent::key(Kind::KeyRotate, admin, &current, None));
+        }
         info!(admin, key_id = %current, "keyring reloaded");
         self.key_rows()
     }
 
     async fn rewrap(&self, admin: &str) -> Result<Count, ActionError> {
         let count = self.queue.spool().rewrap().await?;
+        if let Some(a) = self.queue.audit() {
+            let current = a_current_key(&self.queue);
+            a.record(vec![AuditEvent::key(
+                Kind::KeyRewrap,
+                admin,
+                &current,
+                Some(count as u64),
+            )])
+            .await?;
+        }
         info!(
             admin,
             count, "data keys rewrapped under the current master key"
@@ -509,7 +546,16 @@ impl Control {
 
     async fn release(&self, id: MessageId, admin: &str) -> Result<Count, ActionError> {
         self.quarantined(id)?;
-        self.queue.spool().release(&id, now_secs()).await?;
+        match self.queue.audit() {
+            Some(a) => {
+                let batch = a.batch(vec![AuditEvent::admin(Kind::Release, admin, id)]);
+                self.queue
+                    .spool()
+                    .release_with(&id, now_secs(), &batch)
+                    .await?
+            }
+            None => self.queue.spool().release(&id, now_secs()).await?,
+        }
         self.queue.wake();
         info!(admin, msg_id = %id, "quarantined message released");
         Ok(Count { count: 1 })

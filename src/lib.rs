@@ -8,6 +8,7 @@
 //! - L4 `server`
 //! - L5 `cli`
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

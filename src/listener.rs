@@ -197,6 +197,21 @@ async fn handshake(
                 client_cert = info.client_cert_sha256.as_deref().unwrap_or("-"),
                 "TLS established"
             );
+            let audit = ctx
+                .shared
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .audit
+                .clone();
+            if let Some(a) = audit {
+                let ip = conn.peer.ip().to_string();
+                a.record_now(crate::audit::AuditEvent::session_opened(
+                    &conn.id,
+                    &ip,
+                    &ctx.info.name,
+                    Some(&info),
+                ));
+            }
             conn.tls = Some(info);
             conn.client_cert = cert;
             Some((tls, conn))

@@ -2,6 +2,7 @@
 //! and policy, then the durable, encrypted handoff to the queue. The SMTP session only
 //! sees the [`Handoff`] trait.
 
+use crate::audit::AuditEvent;
 use crate::message::TextView;
 use crate::policy::{Action, MessageContext, Policy, RcptContext, RcptVerdict};
 use crate::queue::Queue;
@@ -74,6 +75,9 @@ struct Verdict {
     rule: String,
     reply: Reply,
     findings: String,
+    /// (action, rule) per recipient, for the audit trail.
+    per_rcpt: Vec<(String, String)>,
+    received_size: usize,
     content: Vec<u8>,
     envelope: Envelope,
 }
@@ -122,6 +126,15 @@ impl Pipeline {
             };
             let d = policy.evaluate(&ctx, &scan, &view);
             drop(view);
+            let received_size = content.len();
+            let per_rcpt = d
+                .recipients
+                .iter()
+                .map(|r| {
+                    let rule = r.outcome.rule.clone().unwrap_or_else(|| "default".into());
+                    (r.outcome.action.as_str().to_string(), rule)
+                })
+                .collect();
             // Always: besides our own edits this drops any X-Phigate-DLP header a
             // sender forged, which must not reach recipients on untagged mail either.
             let content = d.apply_to_message(&content);
@@ -131,6 +144,8 @@ impl Pipeline {
                 rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),
                 reply: d.reply.clone(),
                 findings: scan.summary(),
+                per_rcpt,
+                received_size,
                 content,
                 envelope: env,
             }
@@ -161,11 +176,39 @@ impl Handoff for Pipeline {
             // Detector names and counts only: never values, subjects or addresses.
             info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");
             let spool = self.queue.spool();
+            let audit = self.queue.audit();
+            let mut events = vec![
+                AuditEvent::message_received(id, &v.envelope, v.received_size),
+                AuditEvent::policy_decision(
+                    id,
+                    v.action.as_str(),
+                    &v.rule,
+                    &v.per_rcpt,
+                    &v.findings,
+                ),
+            ];
+            let key_id = spool.keyring().current().id().to_string();
+            let quarantined = v.action == Action::Quarantine;
+            events.push(AuditEvent::spooled(id, &key_id, quarantined));
+            let batch = audit.map(|a| a.batch(events.clone()));
+            let attach: &dyn crate::spool::Attach = match &batch {
+                Some(b) => b,
+                None => &crate::spool::NoAttach,
+            };
             match v.action {
-                Action::Reject => return Ok(v.reply),
+                Action::Reject => {
+                    // Nothing is spooled: record what arrived and the refusal on their own.
+                    if let Some(a) = audit {
+                        events.pop();
+                        a.record(events)
+                            .await
+                            .map_err(|e| PipelineError::Task(e.to_string()))?;
+                    }
+                    return Ok(v.reply);
+                }
                 Action::Quarantine => {
                     spool
-                        .enqueue_quarantined(id, &v.envelope, &v.content, &v.rule)
+                        .enqueue_quarantined_with(id, &v.envelope, &v.content, &v.rule, attach)
                         .await?;
                     return Ok(Reply::new(
                         250,
@@ -175,11 +218,12 @@ impl Handoff for Pipeline {
                 }
                 Action::Accept | Action::Tag => {
                     spool
-                        .enqueue(
+                        .enqueue_with(
                             id,
                             &v.envelope,
                             &v.content,
                             RecipientState::queued(now_secs()),
+                            attach,
                         )
                         .await?;
                 }

@@ -52,6 +52,8 @@ pub enum ServerError {
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The queue's view of outbound delivery (MX or smarthost).
@@ -152,6 +154,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         )),
     };
     let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
+    let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
+    queue.set_audit(audit.clone());
     let pipeline = Arc::new(Pipeline::new(queue.clone(), load_policy(&cfg)?));
     let handoff: Arc<dyn Handoff> = pipeline.clone();
     let limiter = Arc::new(FailureLimiter::new(
@@ -162,10 +166,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     // The queue stops only after the sessions have drained, so mail accepted during the
     // grace period is still delivered if it can be.
     let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
+    let audit_task = tokio::spawn(audit.clone().run(queue_stop_rx.clone()));
     let queue_task = tokio::spawn(queue.clone().run(queue_stop_rx));
     let _control =
         crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
     let services = Services {
+        audit,
         handoff,
         limiter,
         shutdown: shutdown_rx.clone(),
@@ -225,8 +231,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             Ok(new) => {
                 info!("configuration reloaded (certificates, users, auth, limits, policy)");
                 current = new;
+                audit_reload(&services, true, &current.source).await;
             }
-            Err(e) => error!(error = %e, "reload refused, previous configuration stays active"),
+            Err(e) => {
+                error!(error = %e, "reload refused, previous configuration stays active");
+                audit_reload(&services, false, &current.source).await;
+            }
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
@@ -252,6 +262,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     if tokio::time::timeout(grace, queue_task).await.is_err() {
         warn!("delivery attempts still running; they will be retried at the next start");
     }
+    let _ = audit_task.await;
     info!("stopped");
     Ok(())
 }
@@ -297,8 +308,26 @@ fn load_users(cfg: &Config) -> Result<Users, ServerError> {
     })
 }
 
+fn audit_settings(cfg: &Config) -> crate::audit::AuditSettings {
+    crate::audit::AuditSettings {
+        hostname: cfg.server.hostname.clone(),
+        head_log_interval: cfg.audit.head_log_interval.duration(),
+        retention: cfg.audit.retention.duration(),
+        syslog: cfg.audit.syslog.clone(),
+        syslog_include_addresses: cfg.audit.syslog_include_addresses,
+    }
+}
+
+async fn audit_reload(services: &Services, ok: bool, source: &str) {
+    let ev = crate::audit::AuditEvent::config_reload(ok, source);
+    if let Err(e) = services.audit.record(vec![ev]).await {
+        warn!(error = %e, "audit record of the reload failed");
+    }
+}
+
 /// Services that outlive a reload; the rest of [`Shared`] is rebuilt from the config.
 struct Services {
+    audit: Arc<crate::audit::Audit>,
     handoff: Arc<dyn Handoff>,
     limiter: Arc<FailureLimiter>,
     shutdown: watch::Receiver<bool>,
@@ -317,6 +346,7 @@ fn build_shared(cfg: &Config, services: &Services) -> Result<Arc<Shared>, Server
         client_cert_allow: cfg.auth.client_cert_allow.clone(),
         handoff: services.handoff.clone(),
         shutdown: services.shutdown.clone(),
+        audit: Some(services.audit.clone()),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! Command line: `phigate serve | check-config | user ...`. Every command takes
 //! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
 
+mod audit;
 pub mod control_client;
 mod dlp;
 mod keys;
@@ -61,6 +62,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         action: dlp::PolicyAction,
+    },
+    /// Verify or export the tamper-evident audit trail (daemon stopped).
+    Audit {
+        #[command(subcommand)]
+        action: audit::AuditAction,
     },
     /// Manage SMTP AUTH users (passwords are read from stdin or a prompt, never arguments).
     User {
@@ -202,5 +208,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status { json } => control_client::status(&cli.config, *json),
         Command::Tls { action } => tls::run(&cli.config, action),
         Command::Sts { action } => sts::run(&cli.config, action),
+        Command::Audit { action } => audit::run(&cli.config, action),
     }
 }

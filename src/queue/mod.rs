@@ -4,6 +4,7 @@
 
 pub mod dsn;
 
+use crate::audit::{Audit, AuditEvent};
 use crate::sandbox::Sandbox;
 use crate::spool::{Attempt, RecipientState, Spool, SpoolError};
 use crate::types::{
@@ -13,7 +14,7 @@ use crate::types::{
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify as Wake, Semaphore};
 use tracing::{error, info, warn};
@@ -138,6 +139,7 @@ pub struct Queue {
     /// Messages whose stored data failed authentication: reported once, never delivered.
     broken: Mutex<HashSet<MessageId>>,
     slots: Arc<Semaphore>,
+    audit: OnceLock<Arc<Audit>>,
 }
 
 impl Queue {
@@ -155,7 +157,26 @@ impl Queue {
             inflight: Mutex::new(HashSet::new()),
             broken: Mutex::new(HashSet::new()),
             slots,
+            audit: OnceLock::new(),
         })
+    }
+
+    /// Record every attempt, outcome and DSN in `audit`, atomically with the state change.
+    pub fn set_audit(&self, audit: Arc<Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The audit trail, when one is set.
+    pub fn audit(&self) -> Option<&Arc<Audit>> {
+        self.audit.get()
+    }
+
+    /// `events` as an attachment for the spool's `*_with` methods (nothing without an audit).
+    fn attach(&self, events: Vec<AuditEvent>) -> Box<dyn crate::spool::Attach + '_> {
+        match self.audit.get() {
+            Some(a) => Box::new(a.batch(events)),
+            None => Box::new(crate::spool::NoAttach),
+        }
     }
 
     pub fn spool(&self) -> &Arc<Spool> {
@@ -336,6 +357,7 @@ impl Queue {
         }
         drop(content);
         let mut dsn_rcpts = Vec::new();
+        let mut events = Vec::new();
         for &i in &due {
             let outcome = outcomes
                 .iter()
@@ -356,8 +378,23 @@ impl Queue {
                 dsn_rcpts.push(d);
             }
             log_outcome(id, &outcome);
+            let reply = match &outcome.result {
+                AttemptResult::Delivered(r)
+                | AttemptResult::Transient(r)
+                | AttemptResult::Permanent(r) => r,
+            };
+            events.push(AuditEvent::delivery_attempt(
+                id,
+                i,
+                &rcpt.address,
+                outcome.hop.as_ref(),
+                reply,
+            ));
+            events.extend(AuditEvent::outcome(id, i, &rcpt.address, &s.status));
         }
-        self.spool.set_recipients(&id, &states).await?;
+        self.spool
+            .set_recipients_with(&id, &states, self.attach(events).as_ref())
+            .await?;
         if !dsn_rcpts.is_empty() && !env.mail_from.is_empty() {
             self.send_dsn(id, &env, &dsn_rcpts).await?;
         }
@@ -477,12 +514,14 @@ impl Queue {
             received_at: now_secs(),
             tls_floor: env.tls_floor,
         };
+        let event = AuditEvent::dsn_sent(id, dsn_id, &env.mail_from, rcpts.len());
         self.spool
-            .enqueue(
+            .enqueue_with(
                 dsn_id,
                 &dsn_env,
                 &content,
                 RecipientState::queued(now_secs()),
+                self.attach(vec![event]).as_ref(),
             )
             .await?;
         info!(msg_id = %id, dsn_id = %dsn_id, recipients = rcpts.len(), "DSN queued");

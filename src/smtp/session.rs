@@ -44,6 +44,8 @@ pub struct Shared {
     pub handoff: Arc<dyn Handoff>,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// The audit trail (sessions and AUTH results), when enabled.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// The listener a session arrived on.
@@ -791,6 +793,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if ok {
             self.shared.limiter.succeed(ip);
             info!(session = %self.conn.id, peer = %ip, user = %user, "AUTH success");
+            self.audit_auth(true, &user);
             self.auth = Some(AuthIdentity::Password(user));
             self.password_authed = true;
             self.send(Reply::new(235, "2.7.0", "Authentication successful"));
@@ -798,6 +801,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let blocked = self.shared.limiter.fail(ip);
         warn!(session = %self.conn.id, peer = %ip, user = %user, "AUTH failure");
+        self.audit_auth(false, &user);
         if blocked {
             self.send(Reply::new(
                 421,
@@ -811,6 +815,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "5.7.8",
             "Authentication credentials invalid",
         ))
+    }
+
+    fn audit_auth(&self, ok: bool, user: &str) {
+        if let Some(a) = &self.shared.audit {
+            let ip = self.conn.peer.ip().to_string();
+            a.record_now(crate::audit::AuditEvent::auth(
+                ok,
+                &self.conn.id,
+                &ip,
+                "password",
+                user,
+            ));
+        }
     }
 
     /// Read one SASL response line: `None` when the client cancelled or sent garbage

@@ -75,6 +75,22 @@ pub struct SpoolStats {
     pub flushes: u64,
 }
 
+/// Writes that must land in the same atomic batch as a spool state change (the audit
+/// chain). `commit` adds its own ops to `ops` and commits all of them with one
+/// `store.commit`, so the state change and its record are written together or not at all.
+pub trait Attach: Send + Sync {
+    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> std::io::Result<()>;
+}
+
+/// Nothing attached: a plain commit.
+pub struct NoAttach;
+
+impl Attach for NoAttach {
+    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> std::io::Result<()> {
+        store.commit(&ops)
+    }
+}
+
 const KCV_PREFIX: &str = "kcv/";
 const META_PREFIX: &str = "m/";
 
@@ -126,8 +142,24 @@ impl Spool {
         Ok(())
     }
 
-    fn keyring(&self) -> Arc<Keyring> {
+    /// The keyring in use (the audit trail derives its keys from it).
+    pub fn keyring(&self) -> Arc<Keyring> {
         Arc::clone(&self.keyring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The storage engine (the audit trail keeps its chain in the same store).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Commit `ops` together with `attach`'s writes in one atomic batch; durable on return.
+    pub async fn commit_attached(
+        &self,
+        ops: Vec<Op>,
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
+        attach.commit(self.store.as_ref(), ops)?;
+        self.durable().await
     }
 
     /// Number of store flushes so far (group commit makes this less than the write count).
@@ -148,9 +180,21 @@ impl Spool {
         content: &[u8],
         initial: RecipientState,
     ) -> Result<(), SpoolError> {
+        self.enqueue_with(id, env, content, initial, &NoAttach)
+            .await
+    }
+
+    /// [`Spool::enqueue`] with `attach` (audit records) in the same atomic write.
+    pub async fn enqueue_with(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        content: &[u8],
+        initial: RecipientState,
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
         let ops = self.enqueue_ops(id, env, content, initial)?;
-        self.store.commit(&ops)?;
-        self.durable().await
+        self.commit_attached(ops, attach).await
     }
 
     /// Store a newly accepted message already held in quarantine under `rule`, in the
@@ -161,6 +205,19 @@ impl Spool {
         env: &Envelope,
         content: &[u8],
         rule: &str,
+    ) -> Result<(), SpoolError> {
+        self.enqueue_quarantined_with(id, env, content, rule, &NoAttach)
+            .await
+    }
+
+    /// [`Spool::enqueue_quarantined`] with `attach` in the same atomic write.
+    pub async fn enqueue_quarantined_with(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        content: &[u8],
+        rule: &str,
+        attach: &dyn Attach,
     ) -> Result<(), SpoolError> {
         let mut held = RecipientState::queued(now_secs());
         held.status = Status::Quarantined {
@@ -176,8 +233,7 @@ impl Spool {
             id_bytes(&id).to_vec(),
             serde_json::to_vec(&entry).unwrap_or_default(),
         ));
-        self.store.commit(&ops)?;
-        self.durable().await
+        self.commit_attached(ops, attach).await
     }
 
     fn enqueue_ops(
@@ -318,9 +374,18 @@ impl Spool {
         id: &MessageId,
         states: &[RecipientState],
     ) -> Result<(), SpoolError> {
+        self.set_recipients_with(id, states, &NoAttach).await
+    }
+
+    /// [`Spool::set_recipients`] with `attach` (audit records) in the same atomic write.
+    pub async fn set_recipients_with(
+        &self,
+        id: &MessageId,
+        states: &[RecipientState],
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
         let ops = self.state_ops(id, states)?;
-        self.store.commit(&ops)?;
-        self.durable().await
+        self.commit_attached(ops, attach).await
     }
 
     fn state_ops(&self, id: &MessageId, states: &[RecipientState]) -> Result<Vec<Op>, SpoolError> {
@@ -420,6 +485,16 @@ impl Spool {
     /// Hold a message: every non-final recipient becomes quarantined under `rule`
     /// (a configured rule name, never matched text).
     pub async fn quarantine(&self, id: &MessageId, rule: &str) -> Result<(), SpoolError> {
+        self.quarantine_with(id, rule, &NoAttach).await
+    }
+
+    /// [`Spool::quarantine`] with `attach` in the same atomic write.
+    pub async fn quarantine_with(
+        &self,
+        id: &MessageId,
+        rule: &str,
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
         let mut states = self.recipients(id)?;
         for s in states.iter_mut().filter(|s| !s.status.is_final()) {
             s.status = Status::Quarantined {
@@ -436,8 +511,7 @@ impl Spool {
             id_bytes(id).to_vec(),
             serde_json::to_vec(&entry).unwrap_or_default(),
         ));
-        self.store.commit(&ops)?;
-        self.durable().await
+        self.commit_attached(ops, attach).await
     }
 
     /// Quarantined messages with their entries.
@@ -454,6 +528,16 @@ impl Spool {
 
     /// Release a quarantined message: its quarantined recipients are queued, due at `now`.
     pub async fn release(&self, id: &MessageId, now: u64) -> Result<(), SpoolError> {
+        self.release_with(id, now, &NoAttach).await
+    }
+
+    /// [`Spool::release`] with `attach` in the same atomic write.
+    pub async fn release_with(
+        &self,
+        id: &MessageId,
+        now: u64,
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
         let key = id_bytes(id);
         if self.store.get(Tree::Quarantine, &key)?.is_none() {
             return Err(SpoolError::NotFound(*id));
@@ -468,13 +552,17 @@ impl Spool {
         }
         let mut ops = self.state_ops(id, &states)?;
         ops.push(Op::Delete(Tree::Quarantine, key.to_vec()));
-        self.store.commit(&ops)?;
-        self.durable().await
+        self.commit_attached(ops, attach).await
     }
 
     /// Crypto-shred: destroy the wrapped data key and remove content, envelope and sealed
     /// state. The clear summary stays (marked shredded) until metadata retention purges it.
     pub async fn shred(&self, id: &MessageId) -> Result<(), SpoolError> {
+        self.shred_with(id, &NoAttach).await
+    }
+
+    /// [`Spool::shred`] with `attach` in the same atomic write (admin delete).
+    pub async fn shred_with(&self, id: &MessageId, attach: &dyn Attach) -> Result<(), SpoolError> {
         let key = id_bytes(id);
         let (mut summary, _) = self.row(id)?;
         let mut ops = vec![
@@ -492,8 +580,7 @@ impl Spool {
             key.to_vec(),
             encode_queue_row(&summary, &[]),
         ));
-        self.store.commit(&ops)?;
-        self.durable().await
+        self.commit_attached(ops, attach).await
     }
 
     /// Retention: remove every trace of messages finished before `cutoff` (unix secs),

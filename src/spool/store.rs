@@ -29,9 +29,13 @@ pub enum Tree {
     Quarantine,
     /// free-form metadata (key check values, caches).
     Meta,
+    /// audit seq (u64 BE) -> sealed, chained audit record.
+    Audit,
+    /// audit chain head and retention anchor.
+    AuditMeta,
 }
 
-const ALL: [Tree; 7] = [
+const ALL: [Tree; 9] = [
     Tree::Messages,
     Tree::Envelopes,
     Tree::Wraps,
@@ -39,6 +43,8 @@ const ALL: [Tree; 7] = [
     Tree::Schedule,
     Tree::Quarantine,
     Tree::Meta,
+    Tree::Audit,
+    Tree::AuditMeta,
 ];
 
 impl Tree {
@@ -51,6 +57,8 @@ impl Tree {
             Tree::Schedule => "schedule",
             Tree::Quarantine => "quarantine",
             Tree::Meta => "meta",
+            Tree::Audit => "audit",
+            Tree::AuditMeta => "audit_meta",
         }
     }
 
@@ -172,24 +180,19 @@ impl Store for SledStore {
 
     fn commit(&self, ops: &[Op]) -> io::Result<()> {
         self.with(|db| {
-            let t = &db.trees;
-            let res: Result<(), TransactionError<()>> = (
-                &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6],
-            )
-                .transaction(|(a, b, c, d, e, f, g)| {
-                    let txs = [a, b, c, d, e, f, g];
-                    for op in ops {
-                        match op {
-                            Op::Put(tree, k, v) => {
-                                txs[tree.index()].insert(k.as_slice(), v.as_slice())?;
-                            }
-                            Op::Delete(tree, k) => {
-                                txs[tree.index()].remove(k.as_slice())?;
-                            }
+            let res: Result<(), TransactionError<()>> = db.trees.as_slice().transaction(|txs| {
+                for op in ops {
+                    match op {
+                        Op::Put(tree, k, v) => {
+                            txs[tree.index()].insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Op::Delete(tree, k) => {
+                            txs[tree.index()].remove(k.as_slice())?;
                         }
                     }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                });
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
             match res {
                 Ok(()) => Ok(()),
                 Err(TransactionError::Storage(e)) => Err(sled_io(e)),
