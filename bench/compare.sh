@@ -215,6 +215,9 @@ allow_networks = ["127.0.0.0/8"]
 [delivery]
 mode = "smarthost"
 tls_level = "verify"
+# Postfix's default_destination_concurrency_limit is 20; phigate's default (4) would make
+# the single smarthost destination the bottleneck of this comparison.
+per_destination_connections = 20
 
 [delivery.smarthost]
 host = "$BIND"
@@ -232,7 +235,7 @@ generate_key = true
 [queue]
 concurrency = 50
 EOF
-  (ulimit -n 65536; exec "$PHIGATE" serve --log-level warn --config "$PG/phigate.toml") \
+  (ulimit -n "$(ulimit -Hn)"; exec "$PHIGATE" serve --log-level warn --config "$PG/phigate.toml") \
     >"$PG/stdout.log" 2>"$PG/phigate.log" &
   PHIGATE_PID=$!; STARTED="$STARTED $PHIGATE_PID"
   local i; for i in $(seq 1 200); do grep -q "phigate ready" "$PG/phigate.log" 2>/dev/null && break
@@ -283,7 +286,7 @@ idle)
   start_phigate $((IDLE_SESSIONS + 100))
   before=$(rss_kb "$PHIGATE_PID")
   log "holding $IDLE_SESSIONS idle TLS sessions for ${IDLE_SECS}s against phigate"
-  (ulimit -n 65536; exec "$EX/loadgen" --target "$BIND:$PHIGATE_PORT" --tls implicit --ca-file "$PKI/ca.pem" \
+  (ulimit -n "$(ulimit -Hn)"; exec "$EX/loadgen" --target "$BIND:$PHIGATE_PORT" --tls implicit --ca-file "$PKI/ca.pem" \
      --sni relay.perf.test --sessions "$IDLE_SESSIONS" --idle-secs "$IDLE_SECS" --timeout 300 --json) >"$RES/idle.json" &
   LG=$!; STARTED="$STARTED $LG"; peak=0
   for _ in $(seq 1 $(( (IDLE_SECS + 120) * 2 ))); do
