@@ -28,6 +28,7 @@ REPEAT=${REPEAT:-2}              # phigate, postfix, phigate, postfix
 WARMUP=${WARMUP:-200}
 TLS_IN=${TLS_IN:-implicit}       # implicit | starttls (inbound to both relays)
 DLP=${DLP:-1}                    # 1: phigate loads conf/policy.toml ([dlp] monitor mode)
+PHIGATE_LOG=${PHIGATE_LOG:-info}   # phigate log level (info logs each message, as Postfix does)
 NO_BUILD=${NO_BUILD:-0}
 IDLE_SESSIONS=${IDLE_SESSIONS:-10000}; IDLE_SECS=${IDLE_SECS:-20}
 BIG_SIZE=${BIG_SIZE:-25000000}; BIG_MESSAGES=${BIG_MESSAGES:-3}
@@ -235,10 +236,10 @@ generate_key = true
 [queue]
 concurrency = 50
 EOF
-  (ulimit -n "$(ulimit -Hn)"; exec "$PHIGATE" serve --log-level warn --config "$PG/phigate.toml") \
+  (ulimit -n "$(ulimit -Hn)"; exec "$PHIGATE" serve --log-level "$PHIGATE_LOG" --config "$PG/phigate.toml") \
     >"$PG/stdout.log" 2>"$PG/phigate.log" &
   PHIGATE_PID=$!; STARTED="$STARTED $PHIGATE_PID"
-  local i; for i in $(seq 1 200); do grep -q "phigate ready" "$PG/phigate.log" 2>/dev/null && break
+  local i; for i in $(seq 1 200); do { grep -q "phigate ready" "$PG/phigate.log" 2>/dev/null || port_open "$BIND" "$PHIGATE_PORT"; } && break
     alive "$PHIGATE_PID" || { tail -5 "$PG/phigate.log" >&2; die "phigate exited"; }; sleep 0.1; done
   wait_port "$PHIGATE_PORT"; log "phigate on $BIND:$PHIGATE_PORT pid $PHIGATE_PID (DLP policy: ${policy:-none})"
 }
