@@ -24,7 +24,7 @@ PHIGATE_PORT=${PHIGATE_PORT:-12465}; PHIGATE_SUB_PORT=${PHIGATE_SUB_PORT:-12587}
 MESSAGES=${MESSAGES:-2000}       # per measured run
 SESSIONS=${SESSIONS:-50}
 SIZE=${SIZE:-10240}
-REPEAT=${REPEAT:-2}              # phigate, postfix, phigate, postfix
+REPEAT=${REPEAT:-3}              # phigate, postfix, phigate, postfix, ...
 WARMUP=${WARMUP:-200}
 TLS_IN=${TLS_IN:-implicit}       # implicit | starttls (inbound to both relays)
 DLP=${DLP:-1}                    # 1: phigate loads conf/policy.toml ([dlp] monitor mode)
