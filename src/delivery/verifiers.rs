@@ -200,3 +200,71 @@ impl ServerCertVerifier for RecordingVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DeliveryMode;
+    use crate::tls::dane::Tlsa;
+
+    fn verifiers() -> Verifiers {
+        Verifiers::new(&DeliveryConfig::with_mode(DeliveryMode::Mx)).expect("verifiers")
+    }
+
+    #[test]
+    fn stateless_requirements_share_one_config_per_verifier() {
+        let v = verifiers();
+        let cfg = |req: Requirement, smarthost| {
+            v.for_requirement(&req, "mx.example.org", smarthost)
+                .expect("config")
+                .config
+        };
+        // Same config twice: its session cache carries over, so handshakes can resume.
+        assert!(Arc::ptr_eq(
+            &cfg(Requirement::Pkix, false),
+            &cfg(Requirement::Pkix, false)
+        ));
+        let encrypt = Requirement::Encrypt { sts_testing: false };
+        assert!(Arc::ptr_eq(&cfg(encrypt, false), &v.encrypt_config));
+        // Different checks never share a cache: no resuming across levels.
+        assert!(!Arc::ptr_eq(
+            &cfg(Requirement::Pkix, false),
+            &cfg(Requirement::Encrypt { sts_testing: false }, false)
+        ));
+        assert!(!Arc::ptr_eq(
+            &cfg(Requirement::Pkix, true),
+            &cfg(Requirement::Pkix, false)
+        ));
+    }
+
+    #[test]
+    fn recording_verifiers_get_a_fresh_config_each_time() {
+        let v = verifiers();
+        let tlsa = Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0; 32],
+        };
+        let dane = || {
+            v.for_requirement(
+                &Requirement::Dane(vec![tlsa.clone()]),
+                "mx.example.org",
+                false,
+            )
+            .expect("config")
+            .config
+        };
+        assert!(!Arc::ptr_eq(&dane(), &dane()));
+        let testing = || {
+            v.for_requirement(
+                &Requirement::Encrypt { sts_testing: true },
+                "mx.example.org",
+                false,
+            )
+            .expect("config")
+            .config
+        };
+        assert!(!Arc::ptr_eq(&testing(), &testing()));
+    }
+}
