@@ -15,8 +15,13 @@ use crate::tls::peer_verify::{pkix_verifier, EncryptOnlyVerifier};
 /// Long-lived verifiers shared by all connections.
 pub(super) struct Verifiers {
     pkix: Arc<WebPkiServerVerifier>,
-    smarthost: Arc<WebPkiServerVerifier>,
-    encrypt: Arc<EncryptOnlyVerifier>,
+    /// Configurations for the stateless verifiers, built once so that rustls' in-memory
+    /// session cache (keyed by server name) survives between connections and outbound
+    /// handshakes can resume. One per verifier: a session established under a weaker
+    /// check is never resumed where a stronger one applies.
+    pkix_config: Arc<ClientConfig>,
+    smarthost_config: Arc<ClientConfig>,
+    encrypt_config: Arc<ClientConfig>,
 }
 
 /// A configuration for one connection and the verifier state to read afterwards.
@@ -82,24 +87,16 @@ impl Verifiers {
             .or(cfg.extra_ca_file.as_deref());
         let smarthost = pkix_verifier(sh_ca).map_err(|e| e.to_string())?;
         Ok(Verifiers {
+            pkix_config: config_with(pkix.clone())?,
+            smarthost_config: config_with(smarthost)?,
+            encrypt_config: config_with(Arc::new(EncryptOnlyVerifier::new()))?,
             pkix,
-            smarthost,
-            encrypt: Arc::new(EncryptOnlyVerifier::new()),
         })
     }
 
     /// Configuration for fetching MTA-STS policies (WebPKI + extra CA).
     pub fn sts_config(&self) -> Arc<ClientConfig> {
-        match config_with(self.pkix.clone()) {
-            Ok(c) => c,
-            // Only fails if ring lacks TLS 1.2/1.3, which it does not.
-            Err(_) => Arc::new(
-                ClientConfig::builder()
-                    .dangerous()
-                    .with_custom_certificate_verifier(self.pkix.clone())
-                    .with_no_client_auth(),
-            ),
-        }
+        self.pkix_config.clone()
     }
 
     pub fn for_requirement(
@@ -108,6 +105,15 @@ impl Verifiers {
         host: &str,
         smarthost: bool,
     ) -> Result<Built, String> {
+        let shared = |config: &Arc<ClientConfig>, kind| {
+            Ok(Built {
+                config: config.clone(),
+                kind,
+            })
+        };
+        // Verifiers that record per-connection results (DANE match, MTA-STS testing) get
+        // a fresh configuration, hence no resumption: their result must come from a real
+        // certificate check on this connection.
         let (verifier, kind): (Arc<dyn ServerCertVerifier>, Kind) = match req {
             Requirement::Dane(tlsa) => {
                 let v = Arc::new(
@@ -116,9 +122,9 @@ impl Verifiers {
                 );
                 (v.clone(), Kind::Dane(v))
             }
-            Requirement::MtaSts => (self.pkix.clone(), Kind::MtaSts),
-            Requirement::Pkix if smarthost => (self.smarthost.clone(), Kind::Pkix),
-            Requirement::Pkix => (self.pkix.clone(), Kind::Pkix),
+            Requirement::MtaSts => return shared(&self.pkix_config, Kind::MtaSts),
+            Requirement::Pkix if smarthost => return shared(&self.smarthost_config, Kind::Pkix),
+            Requirement::Pkix => return shared(&self.pkix_config, Kind::Pkix),
             Requirement::Encrypt { sts_testing: true } => {
                 let v = Arc::new(RecordingVerifier {
                     inner: self.pkix.clone(),
@@ -126,7 +132,9 @@ impl Verifiers {
                 });
                 (v.clone(), Kind::Testing(v))
             }
-            Requirement::Encrypt { sts_testing: false } => (self.encrypt.clone(), Kind::Encrypt),
+            Requirement::Encrypt { sts_testing: false } => {
+                return shared(&self.encrypt_config, Kind::Encrypt)
+            }
         };
         Ok(Built {
             config: config_with(verifier)?,
@@ -190,5 +198,73 @@ impl ServerCertVerifier for RecordingVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DeliveryMode;
+    use crate::tls::dane::Tlsa;
+
+    fn verifiers() -> Verifiers {
+        Verifiers::new(&DeliveryConfig::with_mode(DeliveryMode::Mx)).expect("verifiers")
+    }
+
+    #[test]
+    fn stateless_requirements_share_one_config_per_verifier() {
+        let v = verifiers();
+        let cfg = |req: Requirement, smarthost| {
+            v.for_requirement(&req, "mx.example.org", smarthost)
+                .expect("config")
+                .config
+        };
+        // Same config twice: its session cache carries over, so handshakes can resume.
+        assert!(Arc::ptr_eq(
+            &cfg(Requirement::Pkix, false),
+            &cfg(Requirement::Pkix, false)
+        ));
+        let encrypt = Requirement::Encrypt { sts_testing: false };
+        assert!(Arc::ptr_eq(&cfg(encrypt, false), &v.encrypt_config));
+        // Different checks never share a cache: no resuming across levels.
+        assert!(!Arc::ptr_eq(
+            &cfg(Requirement::Pkix, false),
+            &cfg(Requirement::Encrypt { sts_testing: false }, false)
+        ));
+        assert!(!Arc::ptr_eq(
+            &cfg(Requirement::Pkix, true),
+            &cfg(Requirement::Pkix, false)
+        ));
+    }
+
+    #[test]
+    fn recording_verifiers_get_a_fresh_config_each_time() {
+        let v = verifiers();
+        let tlsa = Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0; 32],
+        };
+        let dane = || {
+            v.for_requirement(
+                &Requirement::Dane(vec![tlsa.clone()]),
+                "mx.example.org",
+                false,
+            )
+            .expect("config")
+            .config
+        };
+        assert!(!Arc::ptr_eq(&dane(), &dane()));
+        let testing = || {
+            v.for_requirement(
+                &Requirement::Encrypt { sts_testing: true },
+                "mx.example.org",
+                false,
+            )
+            .expect("config")
+            .config
+        };
+        assert!(!Arc::ptr_eq(&testing(), &testing()));
     }
 }
