@@ -68,7 +68,7 @@ fn sigkill_under_load_loses_no_accepted_message() {
     const SIZE: u32 = 10 * 1024;
     let mut gw = Gateway::new(Opts::default());
     gw.start();
-    let mut client = load(&gw, COUNT, SIZE, 16, 90, &[]);
+    let mut client = load(&gw, COUNT, SIZE, 16, 180, &[]);
     let mut rng = rand::thread_rng();
     let mut kills = 0;
     let started = Instant::now();

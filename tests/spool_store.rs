@@ -381,6 +381,44 @@ async fn shredded_message_cannot_be_loaded_and_is_purged() {
 }
 
 #[tokio::test]
+async fn final_states_and_shred_are_one_write() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (spool, raw) = open_raw(dir.path(), Keyring::generate());
+    let id = MessageId::new();
+    let env = envelope("a@example.org", &["b@example.net", "c@example.net"]);
+    spool
+        .enqueue(id, &env, b"secret", RecipientState::queued(0))
+        .await
+        .expect("enqueue");
+    let mut states = spool.recipients(&id).expect("states");
+    // Not all final: behaves like set_recipients and keeps the content.
+    states[0].status = Status::Delivered {
+        reply: "250 ok".into(),
+    };
+    spool
+        .finish_and_shred_with(&id, &states, &phigate::spool::NoAttach)
+        .await
+        .expect("partial");
+    assert!(spool.load(&id).is_ok());
+    assert_eq!(spool.due(now_secs() + 1).expect("due"), vec![id]);
+    // All final: states recorded, content shredded, nothing scheduled.
+    states[1].status = Status::Bounced {
+        reason: "550 5.1.1 no".into(),
+    };
+    let flushes = spool.flush_count();
+    spool
+        .finish_and_shred_with(&id, &states, &phigate::spool::NoAttach)
+        .await
+        .expect("final");
+    assert!(spool.flush_count() <= flushes + 1);
+    assert!(matches!(spool.load(&id), Err(SpoolError::Shredded(_))));
+    let summary = spool.summary(&id).expect("summary");
+    assert!(summary.done_at.is_some() && summary.shredded_at.is_some());
+    assert!(spool.due(now_secs() + 1).expect("due").is_empty());
+    assert_eq!(raw.get(Tree::Wraps, &id.0.to_bytes()).expect("get"), None);
+}
+
+#[tokio::test]
 async fn reopen_recovers_pending_and_requeues_in_flight() {
     let dir = tempfile::tempdir().expect("tmp");
     let ring = Keyring::generate();

@@ -324,7 +324,12 @@ impl Queue {
     /// One delivery attempt for the due recipients of `id`.
     pub async fn attempt(&self, id: MessageId) -> Result<(), QueueError> {
         let now = now_secs();
-        let mut states = self.spool.recipients(&id)?;
+        let mut states = match self.spool.recipients(&id) {
+            Ok(s) => s,
+            // Finished and shredded while this attempt was being scheduled: nothing to do.
+            Err(SpoolError::Shredded(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         let due: Vec<usize> = states
             .iter()
             .enumerate()
@@ -392,14 +397,20 @@ impl Queue {
             ));
             events.extend(AuditEvent::outcome(id, i, &rcpt.address, &s.status));
         }
-        self.spool
-            .set_recipients_with(&id, &states, self.attach(events).as_ref())
-            .await?;
+        // The DSN is queued before the state change, so a crash in between can only
+        // repeat a notification, never lose one.
         if !dsn_rcpts.is_empty() && !env.mail_from.is_empty() {
             self.send_dsn(id, &env, &dsn_rcpts).await?;
         }
+        let attach = self.attach(events);
         if states.iter().all(|s| s.status.is_final()) && self.settings.content_after_delivery == 0 {
-            self.spool.shred(&id).await?;
+            self.spool
+                .finish_and_shred_with(&id, &states, attach.as_ref())
+                .await?;
+        } else {
+            self.spool
+                .set_recipients_with(&id, &states, attach.as_ref())
+                .await?;
         }
         Ok(())
     }

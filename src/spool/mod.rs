@@ -583,6 +583,47 @@ impl Spool {
         self.commit_attached(ops, attach).await
     }
 
+    /// Record the final recipient states and crypto-shred the content in one atomic,
+    /// durable write (one flush instead of two on the common "delivered" path).
+    pub async fn finish_and_shred_with(
+        &self,
+        id: &MessageId,
+        states: &[RecipientState],
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
+        let key = id_bytes(id);
+        let (mut summary, _) = self.row(id)?;
+        if summary.recipients.len() != states.len() {
+            return Err(SpoolError::RecipientCount {
+                id: *id,
+                expected: summary.recipients.len(),
+                got: states.len(),
+            });
+        }
+        let mut ops = vec![
+            Op::Delete(Tree::Wraps, key.to_vec()),
+            Op::Delete(Tree::Messages, key.to_vec()),
+            Op::Delete(Tree::Envelopes, key.to_vec()),
+            Op::Delete(Tree::Quarantine, key.to_vec()),
+        ];
+        if let Some(at) = summary.scheduled.take() {
+            ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &key)));
+        }
+        let now = now_secs();
+        summary.update_from(states, now);
+        if !summary.is_finished() {
+            // Not final after all: keep it scheduled and keep the content.
+            return self.set_recipients_with(id, states, attach).await;
+        }
+        summary.shredded_at.get_or_insert(now);
+        ops.push(Op::Put(
+            Tree::Queue,
+            key.to_vec(),
+            encode_queue_row(&summary, &[]),
+        ));
+        self.commit_attached(ops, attach).await
+    }
+
     /// Retention: remove every trace of messages finished before `cutoff` (unix secs),
     /// shredding any content still present. Returns how many were purged.
     pub async fn purge_finished_before(&self, cutoff: u64) -> Result<usize, SpoolError> {
