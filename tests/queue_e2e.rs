@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 /// Decides the reply to `RCPT TO:<rcpt>` on the `n`th time (from 0) this address is seen.
 type RcptRule = Arc<dyn Fn(&str, usize) -> String + Send + Sync>;
 
+/// Decides the reply to the end of DATA on the `n`th message (from 0) this receiver saw.
+type DataRule = Arc<dyn Fn(usize) -> String + Send + Sync>;
+
 /// One message the receiver accepted.
 #[derive(Clone)]
 struct Received {
@@ -58,6 +61,8 @@ struct RxLog {
     /// Every RCPT: (address, reply code, when).
     rcpts: Vec<(String, u16, Instant)>,
     seen: HashMap<String, usize>,
+    /// Messages that reached the end of DATA, accepted or not.
+    data_ends: usize,
     messages: Vec<Received>,
 }
 
@@ -69,14 +74,23 @@ struct Rx {
 impl Rx {
     /// Starts a receiver on loopback; `tls` None = it never offers STARTTLS.
     fn start(tls: Option<Arc<rustls::ServerConfig>>, rule: RcptRule) -> Rx {
+        Rx::with_data_rule(tls, rule, Arc::new(|_| "250 2.0.0 Ok: stored".into()))
+    }
+
+    fn with_data_rule(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        rule: RcptRule,
+        data: DataRule,
+    ) -> Rx {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let port = listener.local_addr().expect("receiver addr").port();
         let log = Arc::new(Mutex::new(RxLog::default()));
         let log2 = log.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (tls, rule, log) = (tls.clone(), rule.clone(), log2.clone());
-                std::thread::spawn(move || serve(stream, tls, rule, log));
+                let rules = (rule.clone(), data.clone());
+                let (tls, log) = (tls.clone(), log2.clone());
+                std::thread::spawn(move || serve(stream, tls, rules, log));
             }
         });
         Rx { port, log }
@@ -116,7 +130,7 @@ enum Next {
 fn serve(
     stream: TcpStream,
     tls: Option<Arc<rustls::ServerConfig>>,
-    rule: RcptRule,
+    rules: (RcptRule, DataRule),
     log: Arc<Mutex<RxLog>>,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
@@ -124,7 +138,7 @@ fn serve(
     if r.get_mut().write_all(b"220 rx.test ESMTP\r\n").is_err() {
         return;
     }
-    match converse(&mut r, tls.is_some(), false, &rule, &log) {
+    match converse(&mut r, tls.is_some(), false, &rules, &log) {
         Next::Done => {}
         Next::StartTls => {
             let Some(cfg) = tls else { return };
@@ -132,7 +146,7 @@ fn serve(
                 return;
             };
             let mut r = BufReader::new(rustls::StreamOwned::new(conn, r.into_inner()));
-            converse(&mut r, false, true, &rule, &log);
+            converse(&mut r, false, true, &rules, &log);
         }
     }
 }
@@ -141,7 +155,7 @@ fn converse<S: Read + Write>(
     r: &mut BufReader<S>,
     offer_tls: bool,
     in_tls: bool,
-    rule: &RcptRule,
+    (rule, data_rule): &(RcptRule, DataRule),
     log: &Arc<Mutex<RxLog>>,
 ) -> Next {
     let lock = || log.lock().unwrap_or_else(|p| p.into_inner());
@@ -200,13 +214,19 @@ fn converse<S: Read + Write>(
                     }
                     wire.extend_from_slice(&raw);
                 }
-                lock().messages.push(Received {
+                let mut l = lock();
+                let reply = data_rule(l.data_ends);
+                l.data_ends += 1;
+                let msg = Received {
                     from: from.take().unwrap_or_default(),
                     rcpts: std::mem::take(&mut rcpts),
                     wire,
                     at: Instant::now(),
-                });
-                "250 2.0.0 Ok: stored".into()
+                };
+                if reply.starts_with("250") {
+                    l.messages.push(msg);
+                }
+                reply
             }
         } else if upper == "RSET" {
             from = None;
@@ -411,6 +431,26 @@ fn assert_dsn_shape(dsn: &Received, to: &str) {
     assert!(text.contains("Auto-Submitted: auto-replied"), "{text}");
 }
 
+/// Fails if `needle` is in the DSN raw, with quoted-printable soft breaks removed, or
+/// in any decoded MIME part.
+fn assert_absent(dsn: &Received, needle: &str) {
+    let raw = dsn.text();
+    let unwrapped = raw.replace("=\r\n", "");
+    assert!(!unwrapped.contains(needle), "DSN carries `{needle}`: {raw}");
+    let content = dsn.content();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&content)
+        .expect("DSN parses as MIME");
+    assert!(parsed.parts.len() >= 3, "DSN is not multipart: {raw}");
+    for part in &parsed.parts {
+        let text = String::from_utf8_lossy(part.contents());
+        assert!(
+            !text.contains(needle),
+            "decoded DSN part carries `{needle}`"
+        );
+    }
+}
+
 fn setup() -> Option<(tempfile::TempDir, PathBuf, Arc<rustls::ServerConfig>)> {
     if !require_tool(PYTHON) {
         return None;
@@ -476,14 +516,15 @@ fn deferred_twice_then_delivered_once_and_shredded() {
     assert_eq!(state(&v, 0), "delivered", "{v:#}");
     assert_eq!(attempts(&v, 0), 3, "{v:#}");
 
-    // Retried per schedule (1 s, then 2 s; whole-second clock, so allow 1 s of slack).
+    // Retried per schedule (1 s, then 2 s; the scheduler's clock has whole seconds, so allow
+    // 1 s of slack, and a little for connection set-up).
     let times: Vec<Instant> = rx.lock().rcpts.iter().map(|r| r.2).collect();
     let codes: Vec<u16> = rx.lock().rcpts.iter().map(|r| r.1).collect();
     assert_eq!(codes, vec![451, 451, 250]);
     let second_gap = times[2] - times[1];
     let total = times[2] - times[0];
     assert!(
-        second_gap >= Duration::from_millis(1000) && total >= Duration::from_millis(2000),
+        second_gap >= Duration::from_millis(900) && total >= Duration::from_millis(1900),
         "retries too early: {:?} {:?}",
         times[1] - times[0],
         second_gap
@@ -540,9 +581,11 @@ fn permanent_failure_bounces_one_recipient_and_dsn_has_no_content() {
     };
     let rx = Rx::start(
         Some(tls.clone()),
-        Arc::new(|rcpt, _| {
+        Arc::new(|rcpt, n| {
             if rcpt.starts_with("gone@") {
                 "550 5.1.1 no such user".into()
+            } else if rcpt.starts_with("later@") && n == 0 {
+                "451 4.2.0 try later".into()
             } else {
                 "250 2.1.5 Ok".into()
             }
@@ -557,15 +600,21 @@ fn permanent_failure_bounces_one_recipient_and_dsn_has_no_content() {
     );
     let (subj, body) = (canary("SubjCanary"), canary("BodyCanary"));
     let eml = message(&format!("lab {subj}"), &format!("Patient note {body}"));
-    let id = gw.submit("ehr@s.test", &["gone@r2.test", "pat@r2.test"], &[], &eml);
+    let rcpts = ["gone@r2.test", "pat@r2.test", "later@r2.test"];
+    let id = gw.submit("ehr@s.test", &rcpts, &[], &eml);
 
-    let got = rx.wait_messages(1, Duration::from_secs(10));
-    assert_eq!(got.len(), 1, "{}", gw.gw.log());
+    // First transaction: pat accepted, gone refused, later deferred. The retry carries
+    // only `later`: the delivered recipient must not get a second copy.
+    let got = rx.wait_messages(2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2, "{}", gw.gw.log());
     assert_eq!(got[0].rcpts, vec!["pat@r2.test".to_string()]);
+    assert_eq!(got[1].rcpts, vec!["later@r2.test".to_string()]);
     let v = gw.wait_show(&id, Duration::from_secs(5), |v| {
-        state(v, 0) == "bounced" && state(v, 1) == "delivered"
+        state(v, 0) == "bounced" && state(v, 1) == "delivered" && state(v, 2) == "delivered"
     });
     assert_eq!(attempts(&v, 0), 1, "a 5xx must not be retried: {v:#}");
+    assert_eq!(attempts(&v, 1), 1, "{v:#}");
+    assert_eq!(attempts(&v, 2), 2, "{v:#}");
 
     let dsns = sender_rx.wait_messages(1, Duration::from_secs(10));
     assert_eq!(dsns.len(), 1, "no DSN delivered:\n{}", gw.gw.log());
@@ -584,13 +633,13 @@ fn permanent_failure_bounces_one_recipient_and_dsn_has_no_content() {
         !text.contains("Final-Recipient: rfc822; pat@r2.test"),
         "delivered recipient reported without NOTIFY=SUCCESS: {text}"
     );
-    for c in [&subj, &body] {
-        assert!(
-            !text.contains(c.as_str()),
-            "DSN carries content {c}: {text}"
-        );
+    assert!(
+        !text.contains("later@r2.test"),
+        "deferred-then-delivered recipient reported: {text}"
+    );
+    for c in [subj.as_str(), body.as_str(), "Patient note", "Subject: lab"] {
+        assert_absent(dsn, c);
     }
-    assert!(!text.contains("Patient note"), "{text}");
     // The remote only ever saw the good copy; the bounce was not retried.
     std::thread::sleep(Duration::from_millis(1500));
     let gone_tries = rx
@@ -629,6 +678,13 @@ fn always_deferred_expires_with_dsn_unless_notify_never() {
         &message("b", "two"),
     );
     let started = Instant::now();
+    let v = gw.wait_show(&a, Duration::from_secs(10), |v| state(v, 0) == "deferred");
+    assert!(
+        v["recipients"][0]["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("451 4.3.2")),
+        "{v:#}"
+    );
     let va = gw.wait_show(&a, Duration::from_secs(15), |v| state(v, 0) == "expired");
     let vb = gw.wait_show(&b, Duration::from_secs(5), |v| state(v, 0) == "expired");
     assert!(
@@ -642,9 +698,8 @@ fn always_deferred_expires_with_dsn_unless_notify_never() {
             "retried fewer times than scheduled: {v:#}"
         );
     }
-    assert!(va["recipients"][0]["status"]["reason"]
-        .as_str()
-        .is_some_and(|r| r.contains("451")));
+    // Final: the per-recipient details went with the content; the summary stays.
+    assert!(va["summary"]["shredded_at"].is_u64(), "{va:#}");
 
     let dsns = sender_rx.wait_messages(1, Duration::from_secs(10));
     assert_eq!(
@@ -773,13 +828,15 @@ fn restart_between_attempts_still_delivers() {
     let Some((dir, ca, tls)) = setup() else {
         return;
     };
-    let rx = Rx::start(
+    // This time the first attempt fails at the end of DATA, not at RCPT.
+    let rx = Rx::with_data_rule(
         Some(tls),
-        Arc::new(|_, n| {
+        Arc::new(|_, _| "250 2.1.5 Ok".into()),
+        Arc::new(|n| {
             if n == 0 {
-                "451 4.2.0 busy".into()
+                "451 4.3.0 queue file write error".into()
             } else {
-                "250 2.1.5 Ok".into()
+                "250 2.0.0 Ok: stored".into()
             }
         }),
     );
@@ -790,12 +847,18 @@ fn restart_between_attempts_still_delivers() {
         "retry = [\"4s\"]\nexpire = \"60s\"",
     );
     let id = gw.submit("ehr@s.test", &["pat@r7.test"], &[], &message("r", "w"));
-    gw.wait_show(&id, Duration::from_secs(10), |v| {
+    let v = gw.wait_show(&id, Duration::from_secs(10), |v| {
         state(v, 0) == "deferred" && attempts(v, 0) == 1
     });
+    assert!(
+        v["recipients"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("451 4.3.0")),
+        "{v:#}"
+    );
     gw.gw.stop();
     assert!(rx.messages().is_empty());
-    assert_eq!(rx.lock().rcpts.len(), 1);
+    assert_eq!(rx.lock().data_ends, 1);
     let restarted = Instant::now();
     gw.gw.restart("info");
     let got = rx.wait_messages(1, Duration::from_secs(15));
@@ -808,6 +871,7 @@ fn restart_between_attempts_still_delivers() {
     assert!(got[0].at > restarted);
     let v = gw.wait_show(&id, Duration::from_secs(5), |v| state(v, 0) == "delivered");
     assert_eq!(attempts(&v, 0), 2, "{v:#}");
+    assert_eq!(rx.lock().data_ends, 2);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(rx.messages().len(), 1, "delivered more than once");
 }
