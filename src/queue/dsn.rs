@@ -91,6 +91,8 @@ pub fn build(
         ],
     );
     MessageBuilder::new()
+        // Our own name, not the machine's: the DSN must not reveal internal host names.
+        .message_id(format!("dsn.{original_id}@{reporting_host}"))
         .from((
             "Mail Delivery System".to_string(),
             format!("MAILER-DAEMON@{reporting_host}"),
@@ -174,6 +176,10 @@ mod tests {
         assert!(text.contains("Status: 5.1.1"));
         assert!(text.contains("Original-Envelope-Id: ENV-1"));
         assert!(text.contains(&id.to_string()));
+        assert!(
+            text.contains(&format!("Message-ID: <dsn.{id}@gw.example>")),
+            "{text}"
+        );
     }
 
     #[test]
