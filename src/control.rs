@@ -76,6 +76,49 @@ pub enum Request {
         id: MessageId,
     },
     Status,
+    /// Walk the audit chain; `head` is an outside copy as SEQ:HASH.
+    AuditVerify {
+        head: Option<(u64, String)>,
+    },
+    /// Stream the audit trail: one `{"line": ...}` per record, then a final Response.
+    AuditExport {
+        since_ms: Option<u64>,
+        until_ms: Option<u64>,
+        message: Option<String>,
+        recipient: Option<String>,
+        csv: bool,
+    },
+}
+
+/// One exported record on the control socket (before the final [`Response`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportLine {
+    pub line: String,
+}
+
+/// A `Write` that hands each completed line to the socket writer through a bounded
+/// channel, so an export of any size holds only a few lines in memory.
+struct LineSender {
+    tx: tokio::sync::mpsc::Sender<String>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for LineSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            self.tx
+                .blocking_send(text)
+                .map_err(|_| std::io::Error::other("client went away"))?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One line back: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`.
@@ -282,6 +325,21 @@ async fn connection(ctl: Arc<Control>, stream: UnixStream) {
             return;
         }
         let resp = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(Request::AuditExport {
+                since_ms,
+                until_ms,
+                message,
+                recipient,
+                csv,
+            }) => {
+                let filter = crate::audit::ExportFilter {
+                    since_ms,
+                    until_ms,
+                    message,
+                    recipient,
+                };
+                ctl.export(filter, csv, &admin, &mut write).await
+            }
             Ok(req) => ctl.handle(req, &admin).await,
             Err(e) => Response::err(format!("bad request: {e}")),
         };
@@ -327,6 +385,58 @@ impl Response {
 }
 
 impl Control {
+    /// Stream an audit export to `write`, then record the export itself in the trail.
+    async fn export(
+        &self,
+        filter: crate::audit::ExportFilter,
+        csv: bool,
+        admin: &str,
+        write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Response {
+        let spool = self.queue.spool().clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
+        let format = if csv {
+            crate::audit::Format::Csv
+        } else {
+            crate::audit::Format::Jsonl
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let mut out = LineSender {
+                tx,
+                buf: Vec::new(),
+            };
+            crate::audit::export(
+                spool.store().as_ref(),
+                &spool.keyring(),
+                &filter,
+                format,
+                &mut out,
+            )
+        });
+        while let Some(line) = rx.recv().await {
+            let mut out = serde_json::to_vec(&ExportLine { line }).unwrap_or_default();
+            out.push(b'\n');
+            if write.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+        let n = match task.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Response::err(format!("audit export failed: {e}")),
+            Err(e) => return Response::err(format!("audit export failed: {e}")),
+        };
+        if let Some(a) = self.queue.audit() {
+            let ev = AuditEvent::new(Kind::Export)
+                .field("records", n)
+                .person("admin", admin);
+            if let Err(e) = a.record(vec![ev]).await {
+                return Response::err(format!("export done but not recorded in the trail: {e}"));
+            }
+        }
+        info!(admin, records = n, "audit trail exported");
+        Response::ok(&Count { count: n as usize })
+    }
+
     async fn handle(&self, req: Request, admin: &str) -> Response {
         let result = match req {
             Request::QueueList { state } => self.list(state).map(|v| Response::ok(&v)),
@@ -357,6 +467,29 @@ impl Control {
                 Err(e) => Err(e),
             },
             Request::Status => self.status().map(|v| Response::ok(&v)),
+            Request::AuditVerify { head } => {
+                let external = match head {
+                    Some((seq, h)) => match crate::audit::record::parse_hash(&h) {
+                        Some(hash) => Some((seq, hash)),
+                        None => return Response::err("bad head hash".into()),
+                    },
+                    None => None,
+                };
+                let spool = self.queue.spool().clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    crate::audit::verify(spool.store().as_ref(), &spool.keyring(), external)
+                        .map(|r| r.to_string())
+                        .map_err(|b| b.to_string())
+                })
+                .await;
+                return match res {
+                    Ok(Ok(report)) => Response::ok(&report),
+                    Ok(Err(broken)) => Response::err(format!("audit verify FAILED: {broken}")),
+                    Err(e) => Response::err(e.to_string()),
+                };
+            }
+            // Streamed by `connection`, never reaches here.
+            Request::AuditExport { .. } => return Response::err("export must be streamed".into()),
         };
         result.unwrap_or_else(|e| Response::err(e.to_string()))
     }

@@ -136,3 +136,61 @@ fn trail_records_every_hop_and_verifies() {
     let (ok, out, _) = phigate(&gw, &["audit", "verify"]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn verify_and_export_through_the_running_daemon_are_audited() {
+    let sockdir = tempfile::tempdir().expect("tempdir");
+    let sock = sockdir.path().join("control.sock");
+    let gw = Gateway::start(GwOpts {
+        server_extra: format!("control_socket = \"{}\"\n", sock.display()),
+        ..GwOpts::default()
+    });
+    let msg = format!("Subject: {CANARY}\r\n\r\n{CANARY}\r\n.\r\n");
+    let t = py(gw.peer(
+        "smtps",
+        vec![
+            send("EHLO ehr.clinic.test\r\n"),
+            send("MAIL FROM:<dr.sender@clinic.test>\r\n"),
+            send_n("RCPT TO:<patient@example.net>\r\nDATA\r\n", 2),
+            send(&msg),
+            send("QUIT\r\n"),
+        ],
+    ));
+    let id = t.steps[3].replies[0].queued_id().expect("queued");
+    assert_eq!(gw.wait_messages(1, Duration::from_secs(15)).len(), 1);
+    // The daemon owns the spool; verify and export go through its control socket.
+    let (ok, out, err) = phigate(&gw, &["audit", "verify"]);
+    assert!(ok, "{err}");
+    let before: u64 = out
+        .strip_prefix("ok ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let (ok, out, err) = phigate(&gw, &["audit", "export", "--message", &id]);
+    assert!(ok, "{err}");
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("jsonl");
+            v["kind"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert!(kinds.contains(&"delivered".to_string()), "{kinds:?}");
+    assert!(!out.contains(CANARY));
+    // The export is itself in the trail, and the chain still verifies.
+    let (ok, out, err) = phigate(&gw, &["audit", "verify"]);
+    assert!(ok, "{err}");
+    let after: u64 = out
+        .strip_prefix("ok ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(after, before + 1, "export not recorded: {out}");
+    let (ok, csv, err) = phigate(&gw, &["audit", "export", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert!(
+        csv.starts_with("seq,time,kind,message_id,details\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(",export,"), "{csv}");
+}

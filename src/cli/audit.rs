@@ -1,13 +1,14 @@
 //! `phigate audit verify|export`: check and export the audit trail.
 //!
-//! These open the spool directly, so the daemon must be stopped (sled holds an
-//! exclusive lock). Exports are themselves recorded in the trail.
+//! With the daemon running they go through its control socket (it owns the spool);
+//! with it stopped they open the spool directly. Exports are recorded in the trail.
 
 use super::CliError;
 use crate::audit::{self, Audit, AuditEvent, AuditSettings, ExportFilter, Format, Kind};
 use crate::config::Config;
 use crate::spool::{Spool, SpoolError};
 use clap::{Subcommand, ValueEnum};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -90,7 +91,68 @@ fn admin_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The running daemon's config when its control socket answers, else `None` (then the
+/// spool is opened directly).
+fn daemon(config: &Path) -> Result<Option<Config>, CliError> {
+    let cfg = super::control_client::load_config(config)?;
+    let Some(sock) = &cfg.server.control_socket else {
+        return Ok(None);
+    };
+    Ok(std::os::unix::net::UnixStream::connect(sock)
+        .is_ok()
+        .then_some(cfg))
+}
+
+fn via_daemon(config: &Path, action: &AuditAction) -> Result<bool, CliError> {
+    use crate::control::{Count, Request};
+    let Some(cfg) = daemon(config)? else {
+        return Ok(false);
+    };
+    match action {
+        AuditAction::Verify { head } => {
+            let head = head
+                .as_deref()
+                .map(|h| parse_head(h).map(|(seq, hash)| (seq, hex::encode(hash))))
+                .transpose()?;
+            let report: String = super::control_client::call(&cfg, &Request::AuditVerify { head })?;
+            println!("{report}");
+        }
+        AuditAction::Export {
+            since,
+            until,
+            message,
+            recipient,
+            format,
+        } => {
+            let req = Request::AuditExport {
+                since_ms: since.as_deref().map(parse_time).transpose()?,
+                until_ms: until.as_deref().map(parse_time).transpose()?,
+                message: message.clone(),
+                recipient: recipient.clone(),
+                csv: matches!(format, ExportFormat::Csv),
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+            let mut failed = None;
+            let _: Count = super::control_client::call_stream(&cfg, &req, |line| {
+                if failed.is_none() {
+                    if let Err(e) = writeln!(out, "{line}") {
+                        failed = Some(e);
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(true)
+}
+
 pub fn run(config: &Path, action: &AuditAction) -> Result<(), CliError> {
+    if via_daemon(config, action)? {
+        return Ok(());
+    }
     match action {
         AuditAction::Verify { head } => {
             let external = head.as_deref().map(parse_head).transpose()?;

@@ -40,6 +40,16 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
 
 /// Send `req` to the daemon and decode the `data` of its answer.
 pub fn call<T: DeserializeOwned>(cfg: &Config, req: &Request) -> Result<T, ClientError> {
+    call_stream(cfg, req, |_| {})
+}
+
+/// Like [`call`], for requests the daemon answers with a stream of `{"line": ...}`
+/// messages before the final response: each line goes to `on_line` as it arrives.
+pub fn call_stream<T: DeserializeOwned>(
+    cfg: &Config,
+    req: &Request,
+    mut on_line: impl FnMut(&str),
+) -> Result<T, ClientError> {
     let path = cfg
         .server
         .control_socket
@@ -63,22 +73,30 @@ pub fn call<T: DeserializeOwned>(cfg: &Config, req: &Request) -> Result<T, Clien
     let mut line = serde_json::to_vec(req).map_err(|e| io(std::io::Error::other(e)))?;
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
     let bad = |reason: String| ClientError::BadReply {
         path: path.clone(),
         reason,
     };
-    if answer.is_empty() {
-        return Err(bad("connection closed without an answer".into()));
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut answer = String::new();
+        reader.read_line(&mut answer).map_err(io)?;
+        if answer.is_empty() {
+            return Err(bad("connection closed without an answer".into()));
+        }
+        if let Ok(l) = serde_json::from_str::<crate::control::ExportLine>(&answer) {
+            on_line(&l.line);
+            continue;
+        }
+        let resp: Response = serde_json::from_str(&answer).map_err(|e| bad(e.to_string()))?;
+        if !resp.ok {
+            return Err(ClientError::Daemon(
+                resp.error.unwrap_or_else(|| "request failed".into()),
+            ));
+        }
+        return serde_json::from_value(resp.data.unwrap_or_default())
+            .map_err(|e| bad(e.to_string()));
     }
-    let resp: Response = serde_json::from_str(&answer).map_err(|e| bad(e.to_string()))?;
-    if !resp.ok {
-        return Err(ClientError::Daemon(
-            resp.error.unwrap_or_else(|| "request failed".into()),
-        ));
-    }
-    serde_json::from_value(resp.data.unwrap_or_default()).map_err(|e| bad(e.to_string()))
 }
 
 /// Print `data` as pretty JSON (the `--json` form of every command).
