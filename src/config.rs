@@ -69,9 +69,72 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Prometheus metrics and health endpoint; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// Delivery-outcome webhooks.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Keep it on
+    /// loopback or a management network: it has no authentication.
+    pub listen: SocketAddr,
+}
+
+/// A final outcome a webhook can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookEvent {
+    Delivered,
+    Bounced,
+    Expired,
+    Quarantined,
+    Released,
+}
+
+impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 5] = [
+        WebhookEvent::Delivered,
+        WebhookEvent::Bounced,
+        WebhookEvent::Expired,
+        WebhookEvent::Quarantined,
+        WebhookEvent::Released,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Delivered => "delivered",
+            WebhookEvent::Bounced => "bounced",
+            WebhookEvent::Expired => "expired",
+            WebhookEvent::Quarantined => "quarantined",
+            WebhookEvent::Released => "released",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` (verified against the WebPKI roots) URL to POST to.
+    pub url: String,
+    /// File holding the shared HMAC-SHA256 secret (surrounding whitespace ignored).
+    pub secret_file: PathBuf,
+    /// Put recipient addresses in the payload (off: message ID and recipient index only).
+    #[serde(default)]
+    pub include_addresses: bool,
+    /// Which outcomes to send; default all.
+    #[serde(default = "defaults::webhook_events")]
+    pub events: Vec<WebhookEvent>,
+    /// POST attempts per event before it is dropped (backoff doubles from 1 s, max 5 min).
+    #[serde(default = "defaults::webhook_attempts")]
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -390,6 +453,12 @@ impl Default for AuditConfig {
 
 mod defaults {
     use super::*;
+    pub fn webhook_events() -> Vec<WebhookEvent> {
+        WebhookEvent::ALL.to_vec()
+    }
+    pub fn webhook_attempts() -> u32 {
+        8
+    }
     pub fn mx_port() -> u16 {
         25
     }
@@ -675,6 +744,18 @@ impl Config {
         }
         if self.queue.concurrency == 0 {
             return Err(self.invalid("queue.concurrency", "must be at least 1"));
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(
+                    self.invalid(format!("webhook[{i}].url"), "must be http:// or https://")
+                );
+            }
+            if w.max_attempts == 0 {
+                return Err(
+                    self.invalid(format!("webhook[{i}].max_attempts"), "must be at least 1")
+                );
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {

@@ -183,6 +183,15 @@ pub struct StatusView {
     pub hostname: String,
     pub current_key: Option<String>,
     pub stats: Stats,
+    /// Listeners as configured: "name addr tls".
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Every master key ID in the keyring (the current one is `current_key`).
+    #[serde(default)]
+    pub key_ids: Vec<String>,
+    /// Recent delivery errors (message ID, recipient index, codes; no addresses).
+    #[serde(default)]
+    pub last_errors: Vec<String>,
 }
 
 /// `queue stats` (the spool's counts, in a form the CLI can read back).
@@ -690,18 +699,25 @@ impl Control {
             None => self.queue.spool().release(&id, now_secs()).await?,
         }
         self.queue.wake();
+        if let Some(m) = self.queue.metrics() {
+            m.outcome("released");
+        }
+        if let Some(h) = self.queue.webhooks() {
+            h.notify(crate::webhook::Outcome {
+                id,
+                event: crate::config::WebhookEvent::Released,
+                rcpt_index: None,
+                addresses: Vec::new(),
+                at: now_secs(),
+            });
+        }
         info!(admin, msg_id = %id, "quarantined message released");
         Ok(Count { count: 1 })
     }
 
     fn status(&self) -> Result<StatusView, ActionError> {
-        let current_key = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|k| k.current)
-            .map(|k| k.id.clone());
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let current_key = keys.iter().find(|k| k.current).map(|k| k.id.clone());
         Ok(StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -709,6 +725,25 @@ impl Control {
             hostname: self.cfg.server.hostname.clone(),
             current_key,
             stats: self.queue.spool().stats(now_secs())?.into(),
+            listeners: self
+                .cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} {} {}",
+                        l.name,
+                        l.addr,
+                        format!("{:?}", l.tls).to_lowercase()
+                    )
+                })
+                .collect(),
+            key_ids: keys.iter().map(|k| k.id.clone()).collect(),
+            last_errors: self
+                .queue
+                .metrics()
+                .map(|m| m.last_errors())
+                .unwrap_or_default(),
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct ListenerCtx {
     pub limits: Arc<ConnLimits>,
     pub handshake_timeout: Duration,
     pub tracker: TaskTracker,
+    /// Counts accepted connections per listener.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Accept connections until `shutdown` turns true.
@@ -115,6 +117,9 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         let _ = tcp.set_nodelay(true);
         match ctx.limits.acquire(peer.ip()) {
             Ok(guard) => {
+                if let Some(m) = &ctx.metrics {
+                    m.connection(&ctx.info.name);
+                }
                 let c = ctx.clone();
                 ctx.tracker.spawn(async move {
                     handle(tcp, peer, c).await;

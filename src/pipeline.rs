@@ -3,11 +3,14 @@
 //! sees the [`Handoff`] trait.
 
 use crate::audit::AuditEvent;
+use crate::config::WebhookEvent;
 use crate::message::TextView;
+use crate::metrics::reply_reason;
 use crate::policy::{Action, MessageContext, Policy, RcptContext, RcptVerdict};
 use crate::queue::Queue;
 use crate::spool::{RecipientState, SpoolError};
 use crate::types::{now_secs, Envelope, MessageId, Reply};
+use crate::webhook::Outcome;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -75,6 +78,8 @@ struct Verdict {
     rule: String,
     reply: Reply,
     findings: String,
+    /// Distinct values per DLP detector (names and counts only), for metrics.
+    counts: std::collections::BTreeMap<String, usize>,
     /// (action, rule) per recipient, for the audit trail.
     per_rcpt: Vec<(String, String)>,
     received_size: usize,
@@ -144,6 +149,7 @@ impl Pipeline {
                 rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),
                 reply: d.reply.clone(),
                 findings: scan.summary(),
+                counts: scan.counts.clone(),
                 per_rcpt,
                 received_size,
                 content,
@@ -171,65 +177,108 @@ impl Handoff for Pipeline {
 
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>> {
         Box::pin(async move {
-            let id = sub.id;
-            let v = self.decide(sub).await?;
-            // Detector names and counts only: never values, subjects or addresses.
-            info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");
-            let spool = self.queue.spool();
-            let audit = self.queue.audit();
-            let mut events = vec![
-                AuditEvent::message_received(id, &v.envelope, v.received_size),
-                AuditEvent::policy_decision(
-                    id,
-                    v.action.as_str(),
-                    &v.rule,
-                    &v.per_rcpt,
-                    &v.findings,
-                ),
-            ];
-            let key_id = spool.keyring().current().id().to_string();
-            let quarantined = v.action == Action::Quarantine;
-            events.push(AuditEvent::spooled(id, &key_id, quarantined));
-            let batch = audit.map(|a| a.batch(events.clone()));
-            let attach: &dyn crate::spool::Attach = match &batch {
-                Some(b) => b,
-                None => &crate::spool::NoAttach,
-            };
-            match v.action {
-                Action::Reject => {
-                    // Nothing is spooled: record what arrived and the refusal on their own.
-                    if let Some(a) = audit {
-                        events.pop();
-                        a.record(events)
-                            .await
-                            .map_err(|e| PipelineError::Task(e.to_string()))?;
-                    }
-                    return Ok(v.reply);
+            let started = std::time::Instant::now();
+            let res = self.submit_inner(sub).await;
+            if let Some(m) = self.queue.metrics() {
+                let (outcome, reason) = match &res {
+                    Ok((r, _)) if r.code >= 400 => ("rejected", reply_reason(r)),
+                    Ok((_, action)) => (
+                        if *action == Action::Quarantine {
+                            "quarantined"
+                        } else {
+                            "accepted"
+                        },
+                        action.as_str().to_string(),
+                    ),
+                    Err(e) => ("failed", reply_reason(&e.reply())),
+                };
+                m.message(outcome, &reason, started.elapsed().as_secs_f64());
+            }
+            res.map(|(r, _)| r)
+        })
+    }
+}
+
+impl Pipeline {
+    /// The submission proper; also returns the enforced action for metrics.
+    async fn submit_inner(&self, sub: Submission) -> Result<(Reply, Action), PipelineError> {
+        let id = sub.id;
+        let v = self.decide(sub).await?;
+        if let Some(m) = self.queue.metrics() {
+            m.dlp_findings(&v.counts);
+        }
+        // Detector names and counts only: never values, subjects or addresses.
+        info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");
+        let spool = self.queue.spool();
+        let audit = self.queue.audit();
+        let mut events = vec![
+            AuditEvent::message_received(id, &v.envelope, v.received_size),
+            AuditEvent::policy_decision(id, v.action.as_str(), &v.rule, &v.per_rcpt, &v.findings),
+        ];
+        let key_id = spool.keyring().current().id().to_string();
+        let quarantined = v.action == Action::Quarantine;
+        events.push(AuditEvent::spooled(id, &key_id, quarantined));
+        let batch = audit.map(|a| a.batch(events.clone()));
+        let attach: &dyn crate::spool::Attach = match &batch {
+            Some(b) => b,
+            None => &crate::spool::NoAttach,
+        };
+        match v.action {
+            Action::Reject => {
+                // Nothing is spooled: record what arrived and the refusal on their own.
+                if let Some(a) = audit {
+                    events.pop();
+                    a.record(events)
+                        .await
+                        .map_err(|e| PipelineError::Task(e.to_string()))?;
                 }
-                Action::Quarantine => {
-                    spool
-                        .enqueue_quarantined_with(id, &v.envelope, &v.content, &v.rule, attach)
-                        .await?;
-                    return Ok(Reply::new(
+                return Ok((v.reply, Action::Reject));
+            }
+            Action::Quarantine => {
+                spool
+                    .enqueue_quarantined_with(id, &v.envelope, &v.content, &v.rule, attach)
+                    .await?;
+                self.notify_quarantined(id, &v.envelope);
+                return Ok((
+                    Reply::new(
                         250,
                         "2.0.0",
                         format!("Ok: queued as {id}; held for review by policy {}", v.rule),
-                    ));
-                }
-                Action::Accept | Action::Tag => {
-                    spool
-                        .enqueue_with(
-                            id,
-                            &v.envelope,
-                            &v.content,
-                            RecipientState::queued(now_secs()),
-                            attach,
-                        )
-                        .await?;
-                }
+                    ),
+                    Action::Quarantine,
+                ));
             }
-            self.queue.wake();
-            Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
-        })
+            Action::Accept | Action::Tag => {
+                spool
+                    .enqueue_with(
+                        id,
+                        &v.envelope,
+                        &v.content,
+                        RecipientState::queued(now_secs()),
+                        attach,
+                    )
+                    .await?;
+            }
+        }
+        self.queue.wake();
+        Ok((
+            Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            v.action,
+        ))
+    }
+
+    fn notify_quarantined(&self, id: MessageId, env: &Envelope) {
+        if let Some(m) = self.queue.metrics() {
+            m.outcome(WebhookEvent::Quarantined.as_str());
+        }
+        if let Some(h) = self.queue.webhooks() {
+            h.notify(Outcome {
+                id,
+                event: WebhookEvent::Quarantined,
+                rcpt_index: None,
+                addresses: env.recipients.iter().map(|r| r.address.clone()).collect(),
+                at: now_secs(),
+            });
+        }
     }
 }

@@ -4,6 +4,7 @@
 use crate::auth::{FailureLimiter, Users};
 use crate::config::{Config, ConfigError, DeliveryMode};
 use crate::listener::{self, ConnLimits, ListenerCtx};
+use crate::metrics::{Gauge, Metrics};
 use crate::pipeline::{Handoff, Pipeline};
 use crate::policy::Policy;
 use crate::queue::{Queue, QueueSettings, SandboxTransport, Transport};
@@ -11,6 +12,7 @@ use crate::sandbox::Sandbox;
 use crate::smtp::session::{ListenerInfo, Shared};
 use crate::spool::{Keyring, KeyringError, Spool, SpoolError};
 use crate::tls::server::{ensure_self_signed, ServerTls, TlsError};
+use crate::webhook::Webhooks;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
@@ -54,6 +56,10 @@ pub enum ServerError {
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::http::HttpError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// The queue's view of outbound delivery (MX or smarthost).
@@ -156,6 +162,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
     let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
     queue.set_audit(audit.clone());
+    let metrics = Arc::new(Metrics::new());
+    queue.set_metrics(metrics.clone());
+    if let Some(hooks) = Webhooks::start(&cfg.webhooks, Some(metrics.clone()))? {
+        info!(hooks = cfg.webhooks.len(), "delivery webhooks enabled");
+        queue.set_webhooks(hooks);
+    }
     let pipeline = Arc::new(Pipeline::new(queue.clone(), load_policy(&cfg)?));
     let handoff: Arc<dyn Handoff> = pipeline.clone();
     let limiter = Arc::new(FailureLimiter::new(
@@ -170,6 +182,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let queue_task = tokio::spawn(queue.clone().run(queue_stop_rx));
     let _control =
         crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
+    if let Some(mc) = &cfg.metrics {
+        let gauges = queue_gauges(spool.clone());
+        let _metrics_http =
+            crate::metrics::http::start(mc.listen, metrics.clone(), gauges, shutdown_rx.clone())
+                .await?;
+    }
     let services = Services {
         audit,
         handoff,
@@ -209,11 +227,14 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             limits: limits.clone(),
             handshake_timeout: cfg.server.tls_handshake_timeout.duration(),
             tracker: tracker.clone(),
+            metrics: Some(metrics.clone()),
         };
         info!(listener = %l.name, addr = %l.addr, tls = ?l.tls, "listening");
         accept_tasks.push(tokio::spawn(listener::run(tcp, ctx, shutdown_rx.clone())));
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    metrics.set_ready(true);
+    spawn_watchdog();
     info!(version = env!("CARGO_PKG_VERSION"), "phigate ready");
 
     let mut current = cfg;
@@ -246,6 +267,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         "shutting down"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    metrics.set_ready(false);
     let _ = shutdown_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;
@@ -265,6 +287,76 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let _ = audit_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// Queue depth, read from the spool at scrape time so it is never stale.
+fn queue_gauges(spool: Arc<Spool>) -> crate::metrics::http::GaugeSource {
+    Arc::new(move || {
+        let Ok(st) = spool.stats(crate::types::now_secs()) else {
+            return Vec::new();
+        };
+        let g = |name, help, labels, value| Gauge {
+            name,
+            help,
+            labels,
+            value,
+        };
+        let mut out: Vec<Gauge> = st
+            .recipients_by_state
+            .iter()
+            .map(|(state, n)| {
+                let state = format!("{state:?}").to_ascii_lowercase();
+                g(
+                    "phigate_queue_recipients",
+                    "Recipients in the spool by state.",
+                    vec![("state", state)],
+                    *n as f64,
+                )
+            })
+            .collect();
+        out.push(g(
+            "phigate_queue_pending_messages",
+            "Messages with at least one recipient not yet final.",
+            vec![],
+            st.pending as f64,
+        ));
+        out.push(g(
+            "phigate_queue_oldest_pending_age_seconds",
+            "Age of the oldest pending message (0 when none).",
+            vec![],
+            st.oldest_pending_age.unwrap_or(0) as f64,
+        ));
+        out
+    })
+}
+
+/// With `WatchdogSec=` set, ping systemd at half the interval, but only while the
+/// runtime still schedules timers on time and the blocking pool answers: a wedged
+/// process stops pinging and systemd restarts it.
+fn spawn_watchdog() {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return;
+    }
+    let period =
+        std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(100));
+    info!(
+        period_ms = period.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    tokio::spawn(async move {
+        loop {
+            let before = std::time::Instant::now();
+            tokio::time::sleep(period).await;
+            let late = before.elapsed() > period * 2;
+            let probe = tokio::time::timeout(period, tokio::task::spawn_blocking(|| ())).await;
+            if !late && matches!(probe, Ok(Ok(()))) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                warn!("runtime unresponsive, skipping the watchdog ping");
+            }
+        }
+    });
 }
 
 fn queue_settings(cfg: &Config) -> QueueSettings {

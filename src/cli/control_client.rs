@@ -135,5 +135,16 @@ pub fn status(config: &Path, json: bool) -> Result<(), CliError> {
             .oldest_pending_age
             .map_or_else(|| "-".to_string(), |a| format!("{a}s"))
     );
+    println!("{:<12} {}", "LISTENERS", st.listeners.join(", "));
+    println!("{:<12} {}", "KEYS", st.key_ids.join(", "));
+    for (state, n) in &st.stats.recipients_by_state {
+        println!("{:<12} {state:?} {n}", "RECIPIENTS");
+    }
+    if st.last_errors.is_empty() {
+        println!("{:<12} none", "LAST ERRORS");
+    }
+    for e in &st.last_errors {
+        println!("{:<12} {e}", "LAST ERROR");
+    }
     Ok(())
 }

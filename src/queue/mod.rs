@@ -5,12 +5,15 @@
 pub mod dsn;
 
 use crate::audit::{Audit, AuditEvent};
+use crate::config::WebhookEvent;
+use crate::metrics::Metrics;
 use crate::sandbox::Sandbox;
 use crate::spool::{Attempt, RecipientState, Spool, SpoolError};
 use crate::types::{
     now_secs, AttemptResult, Envelope, HopInfo, MessageId, Notify, RcptOutcome, Recipient, Reply,
     Status, TlsFloor,
 };
+use crate::webhook::{Outcome, Webhooks};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -140,6 +143,8 @@ pub struct Queue {
     broken: Mutex<HashSet<MessageId>>,
     slots: Arc<Semaphore>,
     audit: OnceLock<Arc<Audit>>,
+    metrics: OnceLock<Arc<Metrics>>,
+    webhooks: OnceLock<Arc<Webhooks>>,
 }
 
 impl Queue {
@@ -158,12 +163,32 @@ impl Queue {
             broken: Mutex::new(HashSet::new()),
             slots,
             audit: OnceLock::new(),
+            metrics: OnceLock::new(),
+            webhooks: OnceLock::new(),
         })
     }
 
     /// Record every attempt, outcome and DSN in `audit`, atomically with the state change.
     pub fn set_audit(&self, audit: Arc<Audit>) {
         let _ = self.audit.set(audit);
+    }
+
+    /// Count attempts, durations and outcomes in `metrics`.
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.get()
+    }
+
+    /// Report final outcomes (and quarantine/release, via [`Queue::webhooks`]) to hooks.
+    pub fn set_webhooks(&self, hooks: Arc<Webhooks>) {
+        let _ = self.webhooks.set(hooks);
+    }
+
+    pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
+        self.webhooks.get()
     }
 
     /// The audit trail, when one is set.
@@ -354,11 +379,17 @@ impl Queue {
         }
         let mut outcomes: Vec<RcptOutcome> = Vec::new();
         for idxs in by_domain.values() {
-            outcomes.extend(
-                self.transport
-                    .deliver(id, &env, &content, idxs, env.tls_floor)
-                    .await,
-            );
+            let started = std::time::Instant::now();
+            let got = self
+                .transport
+                .deliver(id, &env, &content, idxs, env.tls_floor)
+                .await;
+            if let Some(m) = self.metrics.get() {
+                let method = got.first().and_then(|o| o.hop.as_ref());
+                let method = method.map(|h| h.method.as_str()).unwrap_or("");
+                m.delivery_duration(method, started.elapsed().as_secs_f64());
+            }
+            outcomes.extend(got);
         }
         drop(content);
         let mut dsn_rcpts = Vec::new();
@@ -383,6 +414,7 @@ impl Queue {
                 dsn_rcpts.push(d);
             }
             log_outcome(id, &outcome);
+            self.observe(id, &outcome, &s.status, rcpt, now);
             let reply = match &outcome.result {
                 AttemptResult::Delivered(r)
                 | AttemptResult::Transient(r)
@@ -413,6 +445,50 @@ impl Queue {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Metrics for one attempt and, when the recipient is now final, the webhook event.
+    fn observe(&self, id: MessageId, o: &RcptOutcome, status: &Status, rcpt: &Recipient, now: u64) {
+        let result = match &o.result {
+            AttemptResult::Delivered(_) => "delivered",
+            AttemptResult::Transient(_) => "deferred",
+            AttemptResult::Permanent(_) => "bounced",
+        };
+        let event = match status {
+            Status::Delivered { .. } => Some(WebhookEvent::Delivered),
+            Status::Bounced { .. } => Some(WebhookEvent::Bounced),
+            Status::Expired { .. } => Some(WebhookEvent::Expired),
+            _ => None,
+        };
+        if let Some(m) = self.metrics.get() {
+            m.delivery_attempt(o.hop.as_ref(), result);
+            if let AttemptResult::Transient(r) | AttemptResult::Permanent(r) = &o.result {
+                // Codes only: remote reply text often echoes the recipient address.
+                let t = time::OffsetDateTime::from_unix_timestamp(now as i64)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                m.note_error(format!(
+                    "{t} {id} rcpt {}: {result} {} {}",
+                    o.index, r.code, r.enhanced
+                ));
+            }
+            if let Some(e) = event {
+                m.outcome(e.as_str());
+            }
+        }
+        if let (Some(hooks), Some(event)) = (self.webhooks.get(), event) {
+            hooks.notify(Outcome {
+                id,
+                event,
+                rcpt_index: Some(o.index),
+                addresses: vec![rcpt.address.clone()],
+                at: now,
+            });
+        }
     }
 
     /// Update one recipient's state; returns what to report in a DSN, if anything.
