@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install() {
-  for bin in swaks openssl /usr/sbin/postfix /usr/sbin/sendmail /usr/bin/python3; do
+  for bin in swaks openssl /usr/sbin/postfix /usr/sbin/sendmail /usr/bin/python3 \
+    knotd kdig ldns-keygen ldns-signzone systemd-analyze dpkg-deb; do
     command -v "$bin" >/dev/null 2>&1 || return 0
   done
   # swaks needs IO::Socket::SSL for --tls.
@@ -20,10 +21,10 @@ need_install() {
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3, knot, ldns, systemd-analyze);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3, knot, ldns, systemd-analyze)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
@@ -31,6 +32,7 @@ if need_install; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
+      knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
       >/dev/null
   fi
 fi
