@@ -37,4 +37,4 @@ if need_install; then
   fi
 fi
 
-exec cargo test --quiet --all-targets "$@"
+exec cargo test --quiet --no-fail-fast --all-targets "$@"

@@ -112,7 +112,22 @@ struct Inner {
 
 impl Inner {
     fn open(dir: &Path) -> io::Result<Self> {
-        let db = sled::Config::new().path(dir).open().map_err(sled_io)?;
+        // A database dropped a moment ago (reopen after an I/O error, or a restart within
+        // one process) may still hold its file lock until sled's flusher thread exits:
+        // wait briefly for it rather than failing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => return Err(sled_io(e)),
+            }
+        };
         let trees = ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
