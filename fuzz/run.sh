@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Run every fuzz target for a fixed time; fail on any crash, timeout or OOM.
-#   fuzz/run.sh [SECONDS_PER_TARGET]   (CI uses a short run; see README for the long one)
+# Run every fuzz target for a fixed time; fail on any crash, timeout, OOM or build error.
+#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]   (CI: scripts/fuzz-ci.sh; long run: docs/fuzzing.md)
 # cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP lets this machine's stable
 # toolchain accept them (no other toolchain can be installed here).
+# Each target's full libFuzzer output is kept in fuzz/logs/TARGET.log.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-30}
+shift || true
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-for t in $(cargo fuzz list); do
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then mapfile -t targets < <(cargo fuzz list); fi
+# One build for all targets, so a compile error fails here instead of looking like a quiet run.
+cargo fuzz build
+mkdir -p logs
+for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     if [ -d "seeds/$t" ]; then cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true; fi
     echo "== fuzz $t for ${secs}s"
+    rc=0
     cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
-        -print_final_stats=1 2>&1 | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|==.*ERROR|SUMMARY|Done)" || true
-    if ls artifacts/"$t"/ 2>/dev/null | grep -qE '^(crash|timeout|oom|leak)-'; then
-        echo "fuzz target $t found a problem: fuzz/artifacts/$t/" >&2
+        -print_final_stats=1 >"logs/$t.log" 2>&1 || rc=$?
+    grep -E "DONE|^stat::(number_of_executed_units|peak_rss_mb)|ERROR|SUMMARY" "logs/$t.log" || true
+    if [ "$rc" -ne 0 ] || ls artifacts/"$t"/ 2>/dev/null | grep -qE '^(crash|timeout|oom|leak|slow-unit)-'; then
+        tail -n 40 "logs/$t.log" >&2
+        echo "fuzz target $t failed (exit $rc): see fuzz/logs/$t.log and fuzz/artifacts/$t/" >&2
         exit 1
     fi
 done
-echo "fuzz: all targets ran ${secs}s without a crash"
+echo "fuzz: ${#targets[@]} targets ran ${secs}s each without a crash"

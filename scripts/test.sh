@@ -2,37 +2,43 @@
 # phigate's single test command (README and .ci/run use it).
 #
 # Installs the independent SMTP peers the integration tests drive (swaks, Postfix,
-# openssl, Python) when they are missing on a Debian/Ubuntu machine, then runs
-# `cargo test --all-targets`. Extra arguments go to cargo test, e.g.
+# openssl, Python with aiosmtpd, testssl, tshark) when they are missing on a
+# Debian/Ubuntu machine, then runs `cargo test --all-targets`. Extra arguments go to
+# cargo test, e.g.
 #   scripts/test.sh --test ingress_smuggling
 # Idempotent; quiet unless something is installed or a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install() {
-  for bin in swaks openssl /usr/sbin/postfix /usr/sbin/sendmail /usr/bin/python3 \
+  for bin in swaks openssl testssl tshark /usr/sbin/postfix /usr/sbin/sendmail /usr/bin/python3 \
     knotd kdig ldns-keygen ldns-signzone systemd-analyze dpkg-deb; do
     command -v "$bin" >/dev/null 2>&1 || return 0
   done
   # swaks needs IO::Socket::SSL for --tls.
   perl -MIO::Socket::SSL -e 1 >/dev/null 2>&1 || return 0
+  # tests/peers/tls_sink.py (the receiving MTA of tests/phi_leak.rs).
+  /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || return 0
   return 1
 }
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3, knot, ldns, systemd-analyze);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3, knot, ldns, systemd-analyze)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
     # Postfix is only a client here: no system mail configuration, no daemon.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # tshark captures as root only; no setuid dumpcap group.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
       knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
+      python3-aiosmtpd testssl.sh tshark \
       >/dev/null
   fi
 fi

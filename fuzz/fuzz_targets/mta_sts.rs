@@ -10,7 +10,12 @@ fuzz_target!(|data: &[u8]| {
                 let _ = p.matches_mx(host);
             }
         }
-        let (a, b) = text.split_at(text.len() / 2);
+        // Split into two TXT strings at a char boundary near the middle.
+        let mut mid = text.len() / 2;
+        while !text.is_char_boundary(mid) {
+            mid -= 1;
+        }
+        let (a, b) = text.split_at(mid);
         let _ = parse_txt(&[a.to_string(), b.to_string()]);
     }
 });

@@ -246,7 +246,11 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ProtoError> {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    // `get`, not indexing: the line may be UTF-8 (SMTPUTF8) with a multi-byte char
+    // straddling the prefix length (found by fuzz/smtp_command).
+    if s.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    {
         Some(s[prefix.len()..].trim_start())
     } else {
         None
@@ -643,6 +647,22 @@ mod tests {
 
     fn cmd(s: &str) -> Result<Command, ProtoError> {
         parse_command(s.as_bytes())
+    }
+
+    /// fuzz/smtp_command crash: a multi-byte char across the `TO:`/`FROM:` prefix
+    /// length made the prefix check slice inside it and panic the session.
+    #[test]
+    fn multibyte_char_at_the_prefix_boundary_is_a_syntax_error() {
+        for line in [
+            "RCPT TO\u{1bc}c@d>",
+            "MAIL FRO\u{1bc}<a@b>",
+            "RCPT T\u{e9}:<a@b>",
+        ] {
+            assert!(
+                matches!(parse_command(line.as_bytes()), Err(ProtoError::Syntax(_))),
+                "{line}"
+            );
+        }
     }
 
     #[test]
