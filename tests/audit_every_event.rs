@@ -314,19 +314,39 @@ fn verify(gw: &Gateway) -> (u64, String) {
     }
 }
 
-/// Polls `verify` until the count has not moved for `quiet` (at most `timeout`).
+/// Record count while the daemon may still be appending; None if verify failed.
+/// KNOWN BUG (reported): the daemon's `audit verify` walks the live store without
+/// holding off appends, so a record written during the walk is reported as
+/// "missing ... truncated". Polls use this; the strict checks run on a quiet gateway.
+fn count_busy(gw: &Gateway) -> Option<u64> {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&gw.config)
+        .args(["audit", "verify"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.strip_prefix("ok ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Polls until the record count has not moved for `quiet` (at most `timeout`).
 fn settle(gw: &Gateway, quiet: Duration, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
-    let mut last = verify(gw).0;
+    let mut last = count_busy(gw);
     let mut since = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let n = verify(gw).0;
+        let n = count_busy(gw);
         if n != last {
             (last, since) = (n, Instant::now());
-        } else if since.elapsed() >= quiet || Instant::now() > deadline {
+        } else if let Some(n) = n.filter(|_| since.elapsed() >= quiet) {
             return n;
         }
+        assert!(Instant::now() < deadline, "trail never settled");
     }
 }
 
@@ -532,10 +552,14 @@ fn every_event_kind_is_exported_in_order_without_phi() {
     // (7) SIGHUP: a reload record appears.
     gw.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while verify(&gw).0 <= n {
+    while count_busy(&gw).is_none_or(|c| c <= n) {
         assert!(Instant::now() < deadline, "no record after SIGHUP");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        settle(&gw, Duration::from_millis(300), Duration::from_secs(5)),
+        n + 1
+    );
 
     // Export through the daemon; it is recorded as exactly one more record.
     let (before, head_before) = verify(&gw);
