@@ -484,9 +484,12 @@ impl Control {
                     },
                     None => None,
                 };
-                let spool = self.queue.spool().clone();
+                let Some(audit) = self.queue.audit().cloned() else {
+                    return Response::err("the audit trail is not open".into());
+                };
                 let res = tokio::task::spawn_blocking(move || {
-                    crate::audit::verify(spool.store().as_ref(), &spool.keyring(), external)
+                    audit
+                        .verify_quiesced(external)
                         .map(|r| r.to_string())
                         .map_err(|b| b.to_string())
                 })
