@@ -61,13 +61,7 @@ struct Idle {
 /// True when a session verified as `have` may carry a message that needs `want`. Only
 /// exact matches, plus any session for plain encryption (every session is at least that).
 pub fn satisfies(have: &Requirement, want: &Requirement) -> bool {
-    have == want
-        || matches!(
-            want,
-            Requirement::Encrypt {
-                sts_testing: false
-            }
-        )
+    have == want || matches!(want, Requirement::Encrypt { sts_testing: false })
 }
 
 /// The idle sessions. Cheap to clone (shared).
