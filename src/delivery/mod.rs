@@ -106,7 +106,7 @@ pub struct Deliverer {
 
 /// A connection to use for one transaction: a kept session or permits to dial a new one.
 enum Checkout {
-    Reused(Lease),
+    Reused(Box<Lease>),
     Fresh(Permits),
 }
 
@@ -614,7 +614,7 @@ impl Deliverer {
                         if let Some(note) = &lease.sts_note {
                             info.mta_sts = format!("{}; {note}", info.mta_sts);
                         }
-                        (lease, true)
+                        (*lease, true)
                     }
                     Checkout::Fresh(permits) => {
                         match self.open(addr, hop, plan, implicit, &mut info).await {
@@ -666,7 +666,7 @@ impl Deliverer {
             if poolable {
                 while let Some(mut lease) = self.pool.take(key, want) {
                     if lease.client.probe().await.is_ok() {
-                        return Some(Checkout::Reused(lease));
+                        return Some(Checkout::Reused(Box::new(lease)));
                     }
                     // The server closed it while idle: drop it and look again.
                 }
