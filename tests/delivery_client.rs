@@ -30,6 +30,9 @@ struct ServerOpts {
     behaviour: Behaviour,
     requiretls: bool,
     auth: Option<(&'static str, &'static str)>,
+    /// Close the connection (without a word) after answering the RSET that follows this
+    /// many transactions: a server dropping an idle kept session.
+    close_idle_after: Option<usize>,
 }
 
 impl Default for ServerOpts {
@@ -38,6 +41,7 @@ impl Default for ServerOpts {
             behaviour: Behaviour::Normal,
             requiretls: false,
             auth: None,
+            close_idle_after: None,
         }
     }
 }
@@ -48,6 +52,8 @@ struct Log {
     plaintext_cmds: Vec<String>,
     tls_cmds: Vec<String>,
     data: Vec<Vec<u8>>,
+    /// TCP connections accepted.
+    connections: usize,
 }
 
 struct Pki {
@@ -132,6 +138,7 @@ async fn tls_phase<S: AsyncRead + AsyncWrite + Unpin>(
     let mut r = BufReader::new(stream);
     let mut in_data = false;
     let mut body = Vec::new();
+    let mut transactions = 0;
     loop {
         let mut raw = Vec::new();
         match r.read_until(b'\n', &mut raw).await {
@@ -145,6 +152,7 @@ async fn tls_phase<S: AsyncRead + AsyncWrite + Unpin>(
                     .expect("log")
                     .data
                     .push(std::mem::take(&mut body));
+                transactions += 1;
                 let _ = r.get_mut().write_all(b"250 2.0.0 queued\r\n").await;
             } else {
                 body.extend_from_slice(&raw);
@@ -202,6 +210,9 @@ async fn tls_phase<S: AsyncRead + AsyncWrite + Unpin>(
         if r.get_mut().write_all(reply.as_bytes()).await.is_err() {
             return;
         }
+        if upper == "RSET" && opts.close_idle_after.is_some_and(|n| transactions >= n) {
+            return;
+        }
     }
 }
 
@@ -220,6 +231,7 @@ async fn server(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            log2.lock().expect("log").connections += 1;
             let (cfg, opts, log) = (cfg.clone(), opts.clone(), log2.clone());
             tokio::spawn(async move {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -802,4 +814,245 @@ async fn mta_sts_enforce_testing_and_cache() {
         "{}",
         hop.mta_sts
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Connection reuse
+
+/// Deliverer for `example.test` -> 127.0.0.1:`port` with the given caps.
+fn reuse_deliverer(
+    port: u16,
+    ca: &Pki,
+    per_destination: usize,
+    global: usize,
+) -> (Deliverer, tempfile::NamedTempFile) {
+    let mut cfg = DeliveryConfig::with_mode(DeliveryMode::Mx);
+    cfg.mx_port = port;
+    cfg.connect_timeout = phigate::config::Seconds(3);
+    cfg.command_timeout = phigate::config::Seconds(5);
+    cfg.per_destination_connections = per_destination;
+    cfg.max_outbound_connections = global;
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(f.path(), &ca.ca_pem).expect("write ca");
+    cfg.extra_ca_file = Some(f.path().to_path_buf());
+    let d = Deliverer::with_parts(
+        &cfg,
+        Arc::new(resolver_one_mx()),
+        Arc::new(MemoryStsCache::default()),
+    )
+    .expect("deliverer")
+    .with_helo_name("gw.test");
+    (d, f)
+}
+
+/// Sends message number `n` (its body names it) and returns the one outcome.
+async fn send_nth(
+    d: &Deliverer,
+    n: usize,
+    requiretls: bool,
+    floor: Option<TlsLevel>,
+) -> RcptOutcome {
+    let body = format!("Subject: m{n}\r\n\r\nmessage {n}\r\n");
+    let mut out = d
+        .deliver(
+            &envelope(&["a@example.test"], requiretls),
+            body.as_bytes(),
+            &[0],
+            floor,
+        )
+        .await;
+    assert_eq!(out.len(), 1);
+    let o = out.remove(0);
+    assert!(
+        matches!(o.result, AttemptResult::Delivered(_)),
+        "m{n}: {o:?}"
+    );
+    o
+}
+
+fn connections(log: &Arc<Mutex<Log>>) -> usize {
+    log.lock().expect("log").connections
+}
+
+/// Each message body arrived exactly once.
+fn each_once(log: &Arc<Mutex<Log>>, n: usize) {
+    let log = log.lock().expect("log");
+    assert_eq!(log.data.len(), n, "transactions");
+    for i in 0..n {
+        let want = format!("Subject: m{i}\r\n\r\nmessage {i}\r\n");
+        let count = log.data.iter().filter(|b| *b == want.as_bytes()).count();
+        assert_eq!(count, 1, "message {i} delivered {count} times");
+    }
+}
+
+fn signed_server_cfg(ca: &Pki) -> Arc<rustls::ServerConfig> {
+    let (chain, key, _) = leaf(Some(ca), "mx1.example.test", false);
+    server_config(chain, key)
+}
+
+#[tokio::test]
+async fn several_messages_share_one_connection_with_rset_between() {
+    let ca = pki();
+    let (port, log) = server(signed_server_cfg(&ca), ServerOpts::default(), false).await;
+    let (d, _f) = reuse_deliverer(port, &ca, 2, 10);
+    let n = 5;
+    for i in 0..n {
+        let o = send_nth(&d, i, false, None).await;
+        assert_eq!(
+            o.hop.as_ref().map(|h| h.method.as_str()),
+            Some("encrypt-only")
+        );
+    }
+    assert_eq!(
+        connections(&log),
+        1,
+        "{n} messages should share one connection"
+    );
+    each_once(&log, n);
+    let rsets = log
+        .lock()
+        .expect("log")
+        .tls_cmds
+        .iter()
+        .filter(|c| c.as_str() == "RSET")
+        .count();
+    assert_eq!(rsets, n, "one RSET after each transaction");
+    assert_eq!(d.idle_connections(), 1);
+}
+
+#[tokio::test]
+async fn max_uses_cap_closes_the_session() {
+    let ca = pki();
+    let (port, log) = server(signed_server_cfg(&ca), ServerOpts::default(), false).await;
+    let (d, _f) = reuse_deliverer(port, &ca, 2, 10);
+    let d = d.with_connection_reuse(std::time::Duration::from_secs(10), 2);
+    for i in 0..5 {
+        send_nth(&d, i, false, None).await;
+    }
+    // Two transactions per connection: 5 messages need 3 connections.
+    assert_eq!(connections(&log), 3);
+    each_once(&log, 5);
+}
+
+#[tokio::test]
+async fn requiretls_message_gets_its_own_connection() {
+    let ca = pki();
+    let opts = ServerOpts {
+        requiretls: true,
+        ..ServerOpts::default()
+    };
+    let (port, log) = server(signed_server_cfg(&ca), opts, false).await;
+    let (d, _f) = reuse_deliverer(port, &ca, 2, 10);
+    // A verified (pkix) session is pooled; the REQUIRETLS message, which needs exactly
+    // that verification, still must not use it.
+    send_nth(&d, 0, false, Some(TlsLevel::Verify)).await;
+    assert_eq!(d.idle_connections(), 1);
+    let o = send_nth(&d, 1, true, None).await;
+    assert_eq!(o.hop.as_ref().map(|h| h.method.as_str()), Some("pkix"));
+    assert_eq!(
+        connections(&log),
+        2,
+        "REQUIRETLS reused a pooled connection"
+    );
+    // ...nor return its session to the pool.
+    assert_eq!(d.idle_connections(), 1);
+    // The pooled verified session is still good for the next ordinary message.
+    send_nth(&d, 2, false, Some(TlsLevel::Verify)).await;
+    assert_eq!(connections(&log), 2);
+    each_once(&log, 3);
+    let l = log.lock().expect("log");
+    let mails: Vec<&String> = l
+        .tls_cmds
+        .iter()
+        .filter(|c| c.starts_with("MAIL"))
+        .collect();
+    assert_eq!(mails.len(), 3);
+    assert!(mails[1].contains("REQUIRETLS") && !mails[2].contains("REQUIRETLS"));
+}
+
+#[tokio::test]
+async fn session_closed_by_server_while_idle_is_replaced() {
+    let ca = pki();
+    let opts = ServerOpts {
+        close_idle_after: Some(1),
+        ..ServerOpts::default()
+    };
+    let (port, log) = server(signed_server_cfg(&ca), opts, false).await;
+    let (d, _f) = reuse_deliverer(port, &ca, 1, 1);
+    send_nth(&d, 0, false, None).await;
+    assert_eq!(d.idle_connections(), 1);
+    // Let the server's close reach us.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // With one permit each (held by the dead idle session), this would hang if the dead
+    // session were not found and dropped.
+    let o = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        send_nth(&d, 1, false, None),
+    )
+    .await
+    .expect("delivery did not hang");
+    assert!(o.hop.is_some());
+    assert_eq!(
+        connections(&log),
+        2,
+        "a new connection for the second message"
+    );
+    each_once(&log, 2);
+    // The probe found the dead session: no MAIL was sent into it.
+    let l = log.lock().expect("log");
+    assert_eq!(
+        l.tls_cmds.iter().filter(|c| c.starts_with("MAIL")).count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn encrypt_only_session_not_used_for_verify_message() {
+    let ca = pki();
+    let (port, log) = server(signed_server_cfg(&ca), ServerOpts::default(), false).await;
+    // One permit per destination and globally: the idle encrypt-only session holds it, so
+    // the verify message must close that session, not wait behind it.
+    let (d, _f) = reuse_deliverer(port, &ca, 1, 1);
+    let o = send_nth(&d, 0, false, None).await;
+    assert_eq!(
+        o.hop.as_ref().map(|h| h.method.as_str()),
+        Some("encrypt-only")
+    );
+    let o = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        send_nth(&d, 1, false, Some(TlsLevel::Verify)),
+    )
+    .await
+    .expect("verify message waited behind an idle session");
+    assert_eq!(o.hop.as_ref().map(|h| h.method.as_str()), Some("pkix"));
+    assert_eq!(
+        connections(&log),
+        2,
+        "encrypt-only session reused for verify"
+    );
+    // A pkix session is good enough for an encrypt-level message: reused.
+    let o = send_nth(&d, 2, false, None).await;
+    assert_eq!(o.hop.as_ref().map(|h| h.method.as_str()), Some("pkix"));
+    assert_eq!(connections(&log), 2);
+    each_once(&log, 3);
+}
+
+#[tokio::test]
+async fn concurrent_messages_respect_the_destination_cap_with_pooling() {
+    let ca = pki();
+    let (port, log) = server(signed_server_cfg(&ca), ServerOpts::default(), false).await;
+    let (d, _f) = reuse_deliverer(port, &ca, 2, 10);
+    let outs = tokio::join!(
+        send_nth(&d, 0, false, None),
+        send_nth(&d, 1, false, None),
+        send_nth(&d, 2, false, None),
+        send_nth(&d, 3, false, None),
+        send_nth(&d, 4, false, None),
+        send_nth(&d, 5, false, None),
+    );
+    assert!(outs.5.hop.is_some());
+    let c = connections(&log);
+    assert!((1..=2).contains(&c), "{c} connections with a cap of 2");
+    each_once(&log, 6);
+    assert!(d.idle_connections() <= 2);
 }

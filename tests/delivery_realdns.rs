@@ -970,3 +970,156 @@ async fn futures_join3(d: &Deliverer) -> Vec<RcptOutcome> {
     );
     vec![a, b, c]
 }
+
+// ---------------------------------------------------------------------------------
+// MTA-STS over the signed zone
+
+/// A private CA (certificate, key, PEM) for the policy host and MX certificates.
+fn private_ca() -> (rcgen::Certificate, KeyPair, String) {
+    let key = KeyPair::generate().expect("ca key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "lab MTA-STS CA");
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = p.self_signed(&key).expect("ca");
+    let pem = ca.pem();
+    (ca, key, pem)
+}
+
+/// A leaf for `names` signed by `ca`; the chain is [leaf].
+fn signed_leaf(ca: &(rcgen::Certificate, KeyPair, String), names: &[&str]) -> Cert {
+    let key = KeyPair::generate().expect("leaf key");
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .expect("params");
+    p.distinguished_name.push(DnType::CommonName, names[0]);
+    let leaf = p.signed_by(&key, &ca.0, &ca.1).expect("sign leaf");
+    Cert {
+        cert_pem: leaf.pem(),
+        key_pem: key.serialize_pem(),
+        chain: vec![leaf.der().clone()],
+        key_der: key.serialize_der(),
+    }
+}
+
+/// HTTPS server answering every request with `body` as an MTA-STS policy (as in
+/// delivery_client.rs), on `addr`.
+async fn policy_server(addr: SocketAddr, cert: &Cert, body: &'static str) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(cert.chain.clone(), cert.key())
+            .expect("server cert"),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let listener = TcpListener::bind(addr).await.expect("bind policy server");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut r = BufReader::new(tls);
+                let mut line = String::new();
+                while matches!(r.read_line(&mut line).await, Ok(n) if n > 0) {
+                    if line.trim_end().is_empty() {
+                        break;
+                    }
+                    line.clear();
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = r.get_mut().write_all(resp.as_bytes()).await;
+                let _ = r.get_mut().shutdown().await;
+            });
+        }
+    });
+}
+
+/// MTA-STS with every DNS answer (MX, A, `_mta-sts` TXT, the policy host's A) from the
+/// DNSSEC-signed zone through hickory: an `enforce` policy with a matching MX delivers
+/// with method mta-sts; an MX outside the policy is deferred and never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mta_sts_over_a_real_signed_zone() {
+    if !have_dns_tools() {
+        return;
+    }
+    let port = free_port();
+    let sts_port = free_port();
+    let ca = private_ca();
+    let mx_cert = signed_leaf(&ca, &["mx-sts.lab.test"]);
+    let other_cert = signed_leaf(&ca, &["mx-other.lab.test"]);
+    let policy_cert = signed_leaf(&ca, &["mta-sts.sts.lab.test", "mta-sts.stsbad.lab.test"]);
+    // No TLSA anywhere here: DANE does not apply, MTA-STS decides.
+    let lab_records = "sts IN MX 10 mx-sts\nmx-sts IN A 127.0.0.9\n\
+         _mta-sts.sts IN TXT \"v=STSv1; id=20240101;\"\nmta-sts.sts IN A 127.0.0.10\n\
+         stsbad IN MX 10 mx-other\nmx-other IN A 127.0.0.11\n\
+         _mta-sts.stsbad IN TXT \"v=STSv1; id=20240101;\"\nmta-sts.stsbad IN A 127.0.0.10\n";
+    let dir = tempfile::tempdir().expect("tmp");
+    let lab = start_lab(dir.path(), lab_records, "");
+    policy_server(
+        lo(10, sts_port),
+        &policy_cert,
+        "version: STSv1\nmode: enforce\nmx: mx-sts.lab.test\nmax_age: 86400\n",
+    )
+    .await;
+    let sts_log = receiver(lo(9, port), &mx_cert).await;
+    let other_log = receiver(lo(11, port), &other_cert).await;
+
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.2).expect("ca file");
+    let mut cfg = DeliveryConfig::with_mode(DeliveryMode::Mx);
+    cfg.mx_port = port;
+    cfg.dns_servers = vec![lab.dns];
+    cfg.dnssec_trust_anchor = Some(lab.anchor.clone());
+    cfg.connect_timeout = Seconds(3);
+    cfg.command_timeout = Seconds(5);
+    cfg.sts_fetch_timeout = Seconds(3);
+    cfg.extra_ca_file = Some(ca_file);
+    let d = Deliverer::new(&cfg)
+        .await
+        .expect("DNSSEC probe passes with the lab anchor")
+        .with_helo_name("gw.test")
+        .with_sts_port(sts_port);
+
+    let o = send(&d, "a@sts.lab.test").await;
+    assert!(delivered(&o), "{o:?}");
+    let hop = o.hop.expect("hop");
+    assert_eq!(hop.method, "mta-sts");
+    assert_eq!(hop.mx_host, "mx-sts.lab.test");
+    assert_eq!(hop.ip, "127.0.0.9");
+    assert!(hop.dane.contains("no secure TLSA"), "{}", hop.dane);
+    assert_eq!(
+        hop.peer_cert_sha256,
+        hex::encode(Sha256::digest(mx_cert.leaf_der()))
+    );
+    assert_eq!(sts_log.lock().expect("log").messages.len(), 1);
+
+    let o = send(&d, "a@stsbad.lab.test").await;
+    match &o.result {
+        AttemptResult::Transient(r) => {
+            assert!(r.enhanced.starts_with("4.7."), "{r}");
+            assert!(r.text.contains("MTA-STS"), "{r}");
+        }
+        other => panic!("MX outside the enforce policy must defer: {other:?}"),
+    }
+    assert_eq!(
+        other_log.lock().expect("log").connections,
+        0,
+        "MX outside the policy was contacted"
+    );
+
+    let report = d.tls_check("sts.lab.test").await;
+    assert_eq!(
+        report.mta_sts_mode.as_deref(),
+        Some("enforce"),
+        "{report:?}"
+    );
+    assert_eq!(report.hosts[0].requirement, "mta-sts", "{report:?}");
+}

@@ -486,6 +486,24 @@ impl TlsClient {
         self.conn.read_reply_within(t).await
     }
 
+    /// RSET after a transaction, before the session is kept for another message.
+    pub async fn reset(&mut self) -> Result<(), ClientError> {
+        self.expect_250("RSET").await
+    }
+
+    /// NOOP before a kept session is reused: finds sessions the server closed while idle.
+    pub async fn probe(&mut self) -> Result<(), ClientError> {
+        self.expect_250("NOOP").await
+    }
+
+    async fn expect_250(&mut self, cmd: &str) -> Result<(), ClientError> {
+        let reply = self.conn.command(cmd).await?;
+        if reply.code != 250 {
+            return Err(ClientError::Rejected(reply));
+        }
+        Ok(())
+    }
+
     pub async fn quit(mut self) {
         let _ = self.conn.command("QUIT").await;
     }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod level;
+mod pool;
 pub mod route;
 pub mod sts;
 pub mod sts_store;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::config::{DeliveryConfig, DeliveryMode, OutboundTls};
 use crate::dns::{DnsError, DnssecStatus, HickoryResolver, Resolver, ResolverSettings};
@@ -29,6 +30,7 @@ use crate::types::{domain_of, Envelope, Reply};
 use client::{ClientError, PlainClient, TlsClient};
 pub use level::TlsLevel;
 use level::{DaneState, Requirement, StsState};
+use pool::{Lease, Permits, Pool, PoolKey};
 use route::{NextHop, RouteError};
 use sts::{MemoryStsCache, StsCache, StsClient};
 use verifiers::Verifiers;
@@ -98,6 +100,20 @@ pub struct Deliverer {
     helo: String,
     global: Arc<Semaphore>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Idle sessions kept for the next message to the same host.
+    pool: Pool,
+}
+
+/// A connection to use for one transaction: a kept session or permits to dial a new one.
+enum Checkout {
+    Reused(Box<Lease>),
+    Fresh(Permits),
+}
+
+/// A session `open` established, with what its handshake proved.
+struct Opened {
+    client: TlsClient,
+    sts_note: Option<String>,
 }
 
 /// A failed try at one host/IP, kept for the deferral reason.
@@ -189,6 +205,7 @@ impl Deliverer {
             helo: "localhost".into(),
             global: Arc::new(Semaphore::new(cfg.max_outbound_connections.max(1))),
             per_destination: Mutex::new(HashMap::new()),
+            pool: Pool::new(pool::IDLE_TIMEOUT, pool::MAX_USES),
         })
     }
 
@@ -196,6 +213,18 @@ impl Deliverer {
     pub fn with_helo_name(mut self, name: &str) -> Self {
         self.helo = name.to_string();
         self
+    }
+
+    /// Connection reuse limits: idle sessions close after `idle`, and a session carries at
+    /// most `max_uses` transactions (1 turns reuse off).
+    pub fn with_connection_reuse(mut self, idle: Duration, max_uses: u32) -> Self {
+        self.pool = Pool::new(idle, max_uses);
+        self
+    }
+
+    /// Idle outbound sessions currently kept for reuse.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
     }
 
     /// Port of MTA-STS policy hosts (443; tests use loopback ports).
@@ -560,30 +589,130 @@ impl Deliverer {
                 let mut info = base.clone();
                 info.ip = ip.to_string();
                 info.dane = plan.dane.clone();
-                let (Ok(_g), Ok(_d)) = (self.global.acquire().await, dest_sem.acquire().await)
+                let addr = SocketAddr::new(ip, hop.port);
+                let key = PoolKey {
+                    destination: destination.to_string(),
+                    addr,
+                    name: hop.name.clone(),
+                    implicit,
+                };
+                // RFC 8689 messages get a session of their own (issue: never shared).
+                let poolable = !env.params.requiretls;
+                let Some(checkout) = self
+                    .checkout(&key, &plan.requirement, poolable, &dest_sem)
+                    .await
                 else {
                     continue;
                 };
-                let addr = SocketAddr::new(ip, hop.port);
-                match self.open(addr, hop, plan, implicit, &mut info).await {
-                    Ok(mut session) => {
-                        let out = self
-                            .transact(&mut session, env, content, idxs, plan, info)
-                            .await;
-                        // One message per connection for now (no reuse yet).
-                        session.quit().await;
-                        return out;
+                let (mut lease, reused) = match checkout {
+                    Checkout::Reused(lease) => {
+                        let facts = lease.client.tls();
+                        info.tls_version = facts.version.clone();
+                        info.cipher = facts.cipher.clone();
+                        info.peer_cert_sha256 = facts.peer_cert_sha256.clone();
+                        info.method = lease.method.clone();
+                        if let Some(note) = &lease.sts_note {
+                            info.mta_sts = format!("{}; {note}", info.mta_sts);
+                        }
+                        (*lease, true)
                     }
-                    Err((reason, tls, unverified)) => failures.push(Failure {
-                        hop: info,
-                        reason,
-                        tls,
-                        unverified,
-                    }),
-                }
+                    Checkout::Fresh(permits) => {
+                        match self.open(addr, hop, plan, implicit, &mut info).await {
+                            Ok(opened) => (
+                                Lease {
+                                    client: opened.client,
+                                    _permits: permits,
+                                    requirement: plan.requirement.clone(),
+                                    method: info.method.clone(),
+                                    sts_note: opened.sts_note,
+                                    uses: 0,
+                                },
+                                false,
+                            ),
+                            Err((reason, tls, unverified)) => {
+                                failures.push(Failure {
+                                    hop: info,
+                                    reason,
+                                    tls,
+                                    unverified,
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let (out, clean) = self
+                    .transact(&mut lease.client, env, content, idxs, plan, info, reused)
+                    .await;
+                lease.uses += 1;
+                self.release(key, lease, clean && poolable).await;
+                return out;
             }
         }
         self.deferral(env, idxs, failures)
+    }
+
+    /// A kept session for `key` that satisfies `want` and still answers, or permits for a
+    /// new connection. Idle sessions hold permits, so when none is free an idle session
+    /// nobody here can use is closed rather than waited for. None if the caps are closed.
+    async fn checkout(
+        &self,
+        key: &PoolKey,
+        want: &Requirement,
+        poolable: bool,
+        dest_sem: &Arc<Semaphore>,
+    ) -> Option<Checkout> {
+        loop {
+            if poolable {
+                while let Some(mut lease) = self.pool.take(key, want) {
+                    if lease.client.probe().await.is_ok() {
+                        return Some(Checkout::Reused(Box::new(lease)));
+                    }
+                    // The server closed it while idle: drop it and look again.
+                }
+            }
+            let returned = self.pool.returned.clone();
+            let notified = returned.notified();
+            match dest_sem.clone().try_acquire_owned() {
+                Ok(destination) => match self.global.clone().try_acquire_owned() {
+                    Ok(global) => {
+                        return Some(Checkout::Fresh(Permits {
+                            _global: global,
+                            _destination: destination,
+                        }))
+                    }
+                    Err(TryAcquireError::Closed) => return None,
+                    Err(TryAcquireError::NoPermits) => {
+                        drop(destination);
+                        if self.pool.evict_one(None) {
+                            continue;
+                        }
+                    }
+                },
+                Err(TryAcquireError::Closed) => return None,
+                Err(TryAcquireError::NoPermits) => {
+                    if self.pool.evict_one(Some(&key.destination)) {
+                        continue;
+                    }
+                }
+            }
+            // Every slot is busy with a transaction: wait for one to end or come back.
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
+        }
+    }
+
+    /// After a transaction: RSET and keep the session when it ended cleanly, else close it.
+    async fn release(&self, key: PoolKey, mut lease: Lease, keep: bool) {
+        if keep && lease.client.reset().await.is_ok() {
+            if let Some(done) = self.pool.put(key, lease) {
+                done.client.quit().await;
+            }
+            return;
+        }
+        lease.client.quit().await;
     }
 
     fn deferral(&self, env: &Envelope, idxs: &[usize], failures: Vec<Failure>) -> Vec<RcptOutcome> {
@@ -638,7 +767,7 @@ impl Deliverer {
         plan: &Plan,
         implicit: bool,
         info: &mut HopInfo,
-    ) -> Result<TlsClient, (String, bool, bool)> {
+    ) -> Result<Opened, (String, bool, bool)> {
         let timeout = self.cfg.command_timeout.duration();
         let tcp = client::connect(addr, self.cfg.connect_timeout.duration())
             .await
@@ -665,10 +794,14 @@ impl Deliverer {
                 info.cipher = facts.cipher.clone();
                 info.peer_cert_sha256 = facts.peer_cert_sha256.clone();
                 info.method = built.method();
-                if let Some(outcome) = built.sts_testing_outcome(&hop.name) {
+                let sts_note = built.sts_testing_outcome(&hop.name);
+                if let Some(outcome) = &sts_note {
                     info.mta_sts = format!("{}; {outcome}", info.mta_sts);
                 }
-                Ok(session)
+                Ok(Opened {
+                    client: session,
+                    sts_note,
+                })
             }
             Err(e) => {
                 let tls = e.is_tls();
@@ -685,6 +818,9 @@ impl Deliverer {
         }
     }
 
+    /// One transaction on `session`; the flag says whether the session ended it cleanly
+    /// (may be kept). A `reused` session is already authenticated to the smarthost.
+    #[allow(clippy::too_many_arguments)]
     async fn transact(
         &self,
         session: &mut TlsClient,
@@ -693,7 +829,8 @@ impl Deliverer {
         idxs: &[usize],
         plan: &Plan,
         hop: HopInfo,
-    ) -> Vec<RcptOutcome> {
+        reused: bool,
+    ) -> (Vec<RcptOutcome>, bool) {
         let hop_some = Some(hop.clone());
         if env.params.requiretls
             && (!plan.requirement.is_verified() || !session.capabilities().has("REQUIRETLS"))
@@ -703,50 +840,62 @@ impl Deliverer {
             } else {
                 "next hop TLS is not verified"
             };
-            return Self::all(
-                idxs,
-                AttemptResult::Permanent(Reply::new(550, "5.7.30", why)),
-                hop_some,
+            return (
+                Self::all(
+                    idxs,
+                    AttemptResult::Permanent(Reply::new(550, "5.7.30", why)),
+                    hop_some,
+                ),
+                false,
             );
         }
-        if self.cfg.mode == DeliveryMode::Smarthost {
+        if self.cfg.mode == DeliveryMode::Smarthost && !reused {
             if let Some(c) = &self.credentials {
                 if let Err(e) = session.auth_plain(&c.user, &c.password).await {
                     let reply = match e {
                         ClientError::Auth(r) if r.is_permanent() => {
-                            return Self::all(
-                                idxs,
-                                AttemptResult::Transient(Reply::new(
-                                    451,
-                                    "4.7.8",
-                                    format!("smarthost AUTH rejected: {r}"),
-                                )),
-                                hop_some,
+                            return (
+                                Self::all(
+                                    idxs,
+                                    AttemptResult::Transient(Reply::new(
+                                        451,
+                                        "4.7.8",
+                                        format!("smarthost AUTH rejected: {r}"),
+                                    )),
+                                    hop_some,
+                                ),
+                                false,
                             )
                         }
                         other => {
                             Reply::new(451, "4.7.0", format!("smarthost AUTH failed: {other}"))
                         }
                     };
-                    return Self::all(idxs, AttemptResult::Transient(reply), hop_some);
+                    return (
+                        Self::all(idxs, AttemptResult::Transient(reply), hop_some),
+                        false,
+                    );
                 }
             }
         }
         let replies = match session.send(env, content, idxs).await {
             Ok(r) => r,
             Err(e) => {
-                return Self::all(
-                    idxs,
-                    AttemptResult::Transient(Reply::new(
-                        451,
-                        "4.4.2",
-                        format!("connection lost during transaction: {e}"),
-                    )),
-                    hop_some,
+                return (
+                    Self::all(
+                        idxs,
+                        AttemptResult::Transient(Reply::new(
+                            451,
+                            "4.4.2",
+                            format!("connection lost during transaction: {e}"),
+                        )),
+                        hop_some,
+                    ),
+                    false,
                 )
             }
         };
-        classify(idxs, &replies, hop)
+        (classify(idxs, &replies, hop), true)
     }
 
     /// Resolves and probes `domain` without sending mail.
@@ -836,8 +985,8 @@ impl Deliverer {
                         .open(SocketAddr::new(ip, hop.port), hop, p, false, &mut info)
                         .await
                     {
-                        Ok(session) => {
-                            session.quit().await;
+                        Ok(opened) => {
+                            opened.client.quit().await;
                             check.connect = "TLS established".into();
                             check.would_deliver = true;
                             check.hop = Some(info);
