@@ -117,7 +117,7 @@ impl Inner {
         // wait briefly for it rather than failing.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let db = loop {
-            match sled::Config::new().path(dir).open() {
+            match sled_config(dir).open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock")
@@ -139,6 +139,16 @@ impl Inner {
     fn tree(&self, t: Tree) -> &sled::Tree {
         &self.trees[t.index()]
     }
+}
+
+/// sled's defaults (a 1 GiB page cache, space-saving segment cleaning) suit a database
+/// that lives in memory; a spool is write-once, read-once, delete: the cache only needs
+/// the queue's working set, and rewriting segments to save space costs CPU per message.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 * 1024 * 1024)
+        .mode(sled::Mode::HighThroughput)
 }
 
 fn sled_io(e: sled::Error) -> io::Error {
