@@ -5,6 +5,7 @@
 #   sudo bench/compare.sh --rss100       # the same with 100 concurrent sessions (peak RSS)
 #   sudo bench/compare.sh --big          # phigate: memory while relaying 25 MB messages
 #   sudo bench/compare.sh --idle         # phigate: RSS with 10,000 idle TLS sessions (bench/idle.sh)
+#   sudo bench/compare.sh --phigate-only # phigate runs alone, with perf stat (for profiling work)
 #
 # Everything is on 127.0.0.1. The load generator (examples/loadgen.rs) sends to
 #   phigate  implicit TLS 127.0.0.1:$PHIGATE_PORT   -> spool (AES-GCM, fsync) -> STARTTLS, verified -> sink
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --rss100) MODE=compare; SESSIONS=100; MESSAGES=${MESSAGES_100:-3000} ;;
     --big) MODE=big ;;
     --idle) MODE=idle ;;
+    --phigate-only) MODE=phigate ;;
     --messages) MESSAGES=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
@@ -193,6 +195,7 @@ data_dir = "$PG/data"
 max_connections = $maxc
 max_connections_per_ip = $maxc
 shutdown_grace = "5s"
+control_socket = "$PG/control.sock"
 
 [[listener]]
 name = "submissions"
@@ -306,6 +309,22 @@ big)
   measure big-25m phigate "$PHIGATE_PID" "$PHIGATE_PORT" implicit relay.perf.test
   hwm=$(hwm_kb "$PHIGATE_PID")
   echo "phigate_big_message_bytes=$BIG_SIZE rss_before_mb=$((before / 1024)) peak_rss_mb=$((hwm / 1024)) growth_x_message=$(awk -v a="$hwm" -v b="$before" -v s="$BIG_SIZE" 'BEGIN{printf "%.2f", (a-b)*1024/s}')"
+  ;;
+phigate)
+  start_phigate
+  env_info
+  case "$TLS_IN" in implicit) gp=$PHIGATE_PORT ;; *) gp=$PHIGATE_SUB_PORT ;; esac
+  warmup phigate "$gp" "$PHIGATE_PID"
+  for i in $(seq 1 "$REPEAT"); do
+    if command -v perf >/dev/null; then
+      if [ -n "${PERF_RECORD:-}" ]; then perf record -F 999 -g -p "$PHIGATE_PID" -o "$RES/perf-$i.data" 2>/dev/null &
+      else perf stat -e task-clock,context-switches,cpu-migrations,syscalls:sys_enter_sync_file_range,syscalls:sys_enter_futex,syscalls:sys_enter_sched_yield,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p "$PHIGATE_PID" -o "$RES/perf-stat-$i.txt" & fi
+      PERF=$!
+    fi
+    measure "phigate#$i" phigate "$PHIGATE_PID" "$gp" "$TLS_IN" relay.perf.test
+    if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true; grep -sE "task-clock|context-switches|syscalls" "$RES/perf-stat-$i.txt" >&2; PERF=""; fi
+  done
+  echo "phigate_vmhwm_mb=$(( $(hwm_kb "$PHIGATE_PID") / 1024 )) rss_mb=$(( $(rss_kb "$PHIGATE_PID") / 1024 ))"
   ;;
 compare)
   start_postfix

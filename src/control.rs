@@ -402,6 +402,9 @@ impl Control {
         admin: &str,
         write: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Response {
+        if let Some(a) = self.queue.audit() {
+            a.flush_deferred();
+        }
         let spool = self.queue.spool().clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
         let format = if csv {

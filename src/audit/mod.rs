@@ -35,7 +35,7 @@ pub use export::{export, ExportFilter, Format};
 use record::{AuditKeys, Hash, Marker};
 pub use verify::{verify, Broken, Report};
 
-use crate::spool::{Attach, Keyring, Op, Spool, SpoolError, Store, Tree};
+use crate::spool::{Attach, Keyring, Op, Receipt, Spool, SpoolError, Store, Tree};
 
 pub(crate) const HEAD_KEY: &[u8] = b"head";
 pub(crate) const ANCHOR_KEY: &[u8] = b"anchor";
@@ -86,10 +86,17 @@ struct Head {
     hash: Hash,
 }
 
+/// Longest a deferred connection event waits for a write to join.
+const DEFERRED_FLUSH: Duration = Duration::from_secs(1);
+/// Deferred events held at most (a connection flood writes them in batches of this size).
+const DEFERRED_MAX: usize = 256;
+
 /// The audit trail service. Share it behind an `Arc`.
 pub struct Audit {
     spool: Arc<Spool>,
     head: Mutex<Head>,
+    /// Writes waiting for the next flush (or [`DEFERRED_FLUSH`]), in arrival order.
+    staged: Mutex<Vec<Staged>>,
     syslog: Option<syslog::Syslog>,
     settings: AuditSettings,
 }
@@ -107,9 +114,25 @@ pub struct Batch<'a> {
 }
 
 impl Attach for Batch<'_> {
-    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> io::Result<()> {
-        self.audit.commit(store, ops, &self.events)
+    fn commit(&self, _store: &dyn Store, ops: Vec<Op>) -> io::Result<Option<Receipt>> {
+        let receipt = Receipt::default();
+        self.audit.stage(Staged {
+            ts: now_ms(),
+            ops,
+            events: self.events.clone(),
+            receipt: Some(receipt.clone()),
+        });
+        Ok(Some(receipt))
     }
+}
+
+/// A state change and its events, waiting to be chained and committed with others.
+struct Staged {
+    ts: u64,
+    ops: Vec<Op>,
+    events: Vec<AuditEvent>,
+    /// None for connection-level events nobody waits for.
+    receipt: Option<Receipt>,
 }
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
@@ -198,16 +221,25 @@ impl Audit {
             )?),
             None => None,
         };
-        Ok(Arc::new(Audit {
-            spool,
+        let audit = Arc::new(Audit {
+            spool: spool.clone(),
             head: Mutex::new(head),
+            staged: Mutex::new(Vec::new()),
             syslog,
             settings,
-        }))
+        });
+        let weak = Arc::downgrade(&audit);
+        spool.on_flush(Box::new(move || {
+            if let Some(a) = weak.upgrade() {
+                a.flush_deferred();
+            }
+        }));
+        Ok(audit)
     }
 
     /// The chain head: (seq, hex hash). Seq 0 means empty.
     pub fn head(&self) -> (u64, String) {
+        self.flush_deferred();
         let h = *self.head.lock().unwrap_or_else(|p| p.into_inner());
         (h.seq, hex::encode(h.hash))
     }
@@ -228,12 +260,96 @@ impl Audit {
             .await?)
     }
 
-    /// Append without waiting for the flush (the next group commit makes it durable).
-    /// For connection-level events where an fsync per connection would cost too much.
+    /// Append a connection-level event without a write of its own: it keeps its time and
+    /// joins the next spool write (usually the message the connection delivers), or is
+    /// written within [`DEFERRED_FLUSH`] by [`Audit::run`]. Every write to the spool
+    /// store is a sled transaction with its own log syncs, so one per connection event
+    /// would cost more than the message itself.
     pub fn record_now(&self, ev: AuditEvent) {
-        if let Err(e) = self.commit(self.spool.store().as_ref(), Vec::new(), &[ev]) {
+        let full = self.stage(Staged {
+            ts: now_ms(),
+            ops: Vec::new(),
+            events: vec![ev],
+            receipt: None,
+        });
+        if full {
+            self.flush_deferred();
+        }
+    }
+
+    /// Queue a write for the next flush; true when enough are waiting to write them now.
+    fn stage(&self, s: Staged) -> bool {
+        let mut q = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        q.push(s);
+        q.len() >= DEFERRED_MAX
+    }
+
+    /// Write staged records now (before an export or verify, and at exit); the group
+    /// commit calls this before each flush.
+    pub fn flush_deferred(&self) {
+        if let Err(e) = self.commit_staged() {
             warn!(error = %e, "audit append failed");
         }
+    }
+
+    /// Chain every staged event after the head and commit them with their state changes
+    /// in one store transaction. On failure nothing is written: waiters get the error and
+    /// connection events stay staged for the next try.
+    fn commit_staged(&self) -> io::Result<()> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken under the head lock, so the chain follows staging order.
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let ring = self.spool.keyring();
+        let master = ring.current();
+        let keys = AuditKeys::derive(master);
+        let mut ops = Vec::new();
+        let mut next = *head;
+        let mut forwarded = Vec::new();
+        for st in &staged {
+            ops.extend(st.ops.iter().cloned());
+            for ev in &st.events {
+                next.seq += 1;
+                let stored = record::encode(&keys, master.id(), next.seq, st.ts, &next.hash, ev);
+                next.hash = record::hash(&stored);
+                ops.push(Op::Put(Tree::Audit, seq_key(next.seq).to_vec(), stored));
+                forwarded.push((next.seq, next.hash, st.ts, ev));
+            }
+        }
+        let marker = Marker::new(&keys, master.id(), next.seq, &next.hash);
+        ops.push(Op::Put(
+            Tree::AuditMeta,
+            HEAD_KEY.to_vec(),
+            serde_json::to_vec(&marker).unwrap_or_default(),
+        ));
+        if let Err(e) = self.spool.store().commit(&ops) {
+            let msg = e.to_string();
+            let mut q = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            let later = std::mem::take(&mut *q);
+            for st in staged {
+                match &st.receipt {
+                    Some(r) => r.fill(Err(msg.clone())),
+                    None => q.push(st),
+                }
+            }
+            q.extend(later);
+            return Err(e);
+        }
+        *head = next;
+        drop(head);
+        for st in &staged {
+            if let Some(r) = &st.receipt {
+                r.fill(Ok(()));
+            }
+        }
+        if let Some(s) = &self.syslog {
+            for (seq, hash, ts, ev) in forwarded {
+                s.send(seq, ts, ev, &hash);
+            }
+        }
+        Ok(())
     }
 
     /// An administrator acted on a message with no spool state change of its own
@@ -252,43 +368,9 @@ impl Audit {
     /// written mid-walk is never reported as truncation. Appends (and so acceptance of
     /// new mail) wait for the walk: an admin action, not something to run in a loop.
     pub fn verify_quiesced(&self, external: Option<(u64, [u8; 32])>) -> Result<Report, Broken> {
+        self.flush_deferred();
         let _hold = self.head.lock().unwrap_or_else(|p| p.into_inner());
         verify(self.spool.store().as_ref(), &self.spool.keyring(), external)
-    }
-
-    fn commit(&self, store: &dyn Store, mut ops: Vec<Op>, events: &[AuditEvent]) -> io::Result<()> {
-        if events.is_empty() {
-            return store.commit(&ops);
-        }
-        let ring = self.spool.keyring();
-        let master = ring.current();
-        let keys = AuditKeys::derive(master);
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        let ts = now_ms();
-        let mut next = *head;
-        let mut forwarded = Vec::new();
-        for ev in events {
-            next.seq += 1;
-            let stored = record::encode(&keys, master.id(), next.seq, ts, &next.hash, ev);
-            next.hash = record::hash(&stored);
-            ops.push(Op::Put(Tree::Audit, seq_key(next.seq).to_vec(), stored));
-            forwarded.push((next.seq, next.hash));
-        }
-        let marker = Marker::new(&keys, master.id(), next.seq, &next.hash);
-        ops.push(Op::Put(
-            Tree::AuditMeta,
-            HEAD_KEY.to_vec(),
-            serde_json::to_vec(&marker).unwrap_or_default(),
-        ));
-        store.commit(&ops)?;
-        *head = next;
-        drop(head);
-        if let Some(s) = &self.syslog {
-            for (ev, (seq, hash)) in events.iter().zip(forwarded) {
-                s.send(seq, ts, ev, &hash);
-            }
-        }
-        Ok(())
     }
 
     /// Retention: delete records older than `cutoff_ms` (up to `limit` per call), keep an
@@ -341,15 +423,21 @@ impl Audit {
             self.settings.head_log_interval
         };
         let mut last_purge = std::time::Instant::now();
+        let mut last_head = std::time::Instant::now();
         self.log_head();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(DEFERRED_FLUSH) => {}
                 _ = shutdown.changed() => {}
             }
+            self.flush_deferred();
             if *shutdown.borrow() {
                 break;
             }
+            if last_head.elapsed() < tick {
+                continue;
+            }
+            last_head = std::time::Instant::now();
             if !self.settings.head_log_interval.is_zero() {
                 self.log_head();
             }

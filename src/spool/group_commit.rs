@@ -1,7 +1,9 @@
 //! Group commit: many concurrent writers share one fsync.
 //!
-//! A writer takes a ticket after its batch is applied. If no flush is running it becomes
-//! the leader: it notes the highest ticket issued so far, flushes, and then every writer
+//! A writer takes a ticket after its batch is applied or staged. If no flush is running it
+//! becomes the leader: it notes the highest ticket issued so far, runs the hooks that
+//! commit staged batches (all staged before their ticket, so before the note), flushes,
+//! and then every writer
 //! whose ticket is covered returns. Writers that arrive during a flush wait for the next
 //! one, which one of them leads. A failed flush covers nobody, so each waiter either sees
 //! a later successful flush or runs (and reports) its own failed one.
@@ -20,15 +22,32 @@ struct State {
     flushing: bool,
 }
 
+type Hook = Box<dyn Fn() + Send + Sync>;
+
 #[derive(Default)]
 pub struct GroupCommit {
     issued: AtomicU64,
     flushes: AtomicU64,
     state: Mutex<State>,
     done: Notify,
+    hooks: std::sync::RwLock<Vec<Hook>>,
 }
 
 impl GroupCommit {
+    pub fn add_hook(&self, hook: Hook) {
+        self.hooks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+
+    /// Commit whatever writers staged (see `Spool::on_flush`).
+    pub fn run_hooks(&self) {
+        for h in self.hooks.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            h();
+        }
+    }
+
     /// Number of flushes performed so far.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
@@ -58,6 +77,8 @@ impl GroupCommit {
                 notified.await;
                 continue;
             };
+            // Staged writes of every ticket up to `target` are committed here, in one batch.
+            self.run_hooks();
             let s = Arc::clone(store);
             let res = tokio::task::spawn_blocking(move || s.flush())
                 .await

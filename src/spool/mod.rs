@@ -76,18 +76,34 @@ pub struct SpoolStats {
 }
 
 /// Writes that must land in the same atomic batch as a spool state change (the audit
-/// chain). `commit` adds its own ops to `ops` and commits all of them with one
-/// `store.commit`, so the state change and its record are written together or not at all.
+/// chain). `commit` either commits `ops` with its own writes in one `store.commit`, or
+/// stages them (returning a [`Receipt`]) for a flush hook (see [`Spool::on_flush`]) that
+/// commits everything staged in one batch right before the group-commit flush. Either
+/// way the state change and its record are written together or not at all.
 pub trait Attach: Send + Sync {
-    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> std::io::Result<()>;
+    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> std::io::Result<Option<Receipt>>;
 }
 
 /// Nothing attached: a plain commit.
 pub struct NoAttach;
 
 impl Attach for NoAttach {
-    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> std::io::Result<()> {
-        store.commit(&ops)
+    fn commit(&self, store: &dyn Store, ops: Vec<Op>) -> std::io::Result<Option<Receipt>> {
+        store.commit(&ops).map(|()| None)
+    }
+}
+
+/// The outcome of a staged write, filled in by whoever commits it.
+#[derive(Clone, Default)]
+pub struct Receipt(Arc<std::sync::Mutex<Option<Result<(), String>>>>);
+
+impl Receipt {
+    pub fn fill(&self, res: Result<(), String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
+    }
+
+    fn take(&self) -> Option<Result<(), String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -158,8 +174,29 @@ impl Spool {
         ops: Vec<Op>,
         attach: &dyn Attach,
     ) -> Result<(), SpoolError> {
-        attach.commit(self.store.as_ref(), ops)?;
-        self.durable().await
+        let Some(receipt) = attach.commit(self.store.as_ref(), ops)? else {
+            return self.durable().await;
+        };
+        self.durable().await?;
+        let res = match receipt.take() {
+            Some(r) => r,
+            None => {
+                // Staged by an attachment whose hook is not registered here: commit now.
+                self.commit.run_hooks();
+                self.durable().await?;
+                receipt
+                    .take()
+                    .unwrap_or_else(|| Err("staged write was never committed".into()))
+            }
+        };
+        res.map_err(|e| SpoolError::Io(std::io::Error::other(e)))
+    }
+
+    /// Run `hook` right before every group-commit flush: it commits writes staged through
+    /// [`Attach`], so concurrent messages share one store transaction as well as one fsync
+    /// (each sled transaction writes and syncs the log on its own).
+    pub fn on_flush(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        self.commit.add_hook(hook);
     }
 
     /// Number of store flushes so far (group commit makes this less than the write count).
