@@ -147,7 +147,7 @@ impl Inner {
 fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()
         .path(dir)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(16 * 1024 * 1024)
         .mode(sled::Mode::HighThroughput)
 }
 
