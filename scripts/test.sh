@@ -2,7 +2,7 @@
 # phigate's single test command (README and .ci/run use it).
 #
 # Installs the independent SMTP peers the integration tests drive (swaks, Postfix,
-# openssl, Python with aiosmtpd, testssl, tshark) when they are missing on a
+# openssl, Python with aiosmtpd, testssl, tshark, rsyslog) when they are missing on a
 # Debian/Ubuntu machine, then runs `cargo test --all-targets`. Extra arguments go to
 # cargo test, e.g.
 #   scripts/test.sh --test ingress_smuggling
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 need_install() {
   for bin in swaks openssl testssl tshark /usr/sbin/postfix /usr/sbin/sendmail /usr/bin/python3 \
-    knotd kdig ldns-keygen ldns-signzone systemd-analyze dpkg-deb; do
+    knotd kdig ldns-keygen ldns-signzone systemd-analyze dpkg-deb /usr/sbin/rsyslogd; do
     command -v "$bin" >/dev/null 2>&1 || return 0
   done
   # swaks needs IO::Socket::SSL for --tls.
@@ -24,10 +24,10 @@ need_install() {
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
@@ -38,7 +38,7 @@ if need_install; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
       knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
-      python3-aiosmtpd testssl.sh tshark \
+      python3-aiosmtpd testssl.sh tshark rsyslog \
       >/dev/null
   fi
 fi

@@ -3,17 +3,38 @@
 //! every path a message can take: delivered over STARTTLS to a receiving server, bounced
 //! (the receiver answers 550 for one recipient, phigate sends a DSN), rejected and
 //! quarantined by policy, and refused at RCPT. Afterwards no canary, in any common
-//! encoding, appears in phigate's stdout or stderr, in the DSN, in any file under
-//! `data_dir` (the spool and audit store are encrypted), or in the loopback traffic to
-//! the receiver (TLS on the wire). The receiver's own copy must contain them: that
-//! proves the canaries really went through.
+//! encoding, appears in:
+//!
+//! - phigate's stdout or stderr;
+//! - the journal: under systemd those two streams are what the journal gets.
+//!   `systemd/phigate.service` sets no `StandardOutput=`/`StandardError=` (this test
+//!   fails if it ever sends them elsewhere), so systemd's defaults apply: `DefaultStandardOutput=journal` and
+//!   `StandardError=inherit`. journald itself cannot run here (it needs systemd as
+//!   PID 1), so it is not faked. The unit passes `--log-format json`; this run uses the
+//!   default human format: the same tracing events and fields, rendered differently;
+//! - the Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`, scraped with Python's
+//!   urllib while the daemon runs; the scrape must show the accepted message);
+//! - every webhook POST, headers and body, to a loopback HTTP receiver in this test
+//!   subscribed to all events with the default payload (no addresses); the delivered,
+//!   bounced and quarantined events must arrive;
+//! - the audit records forwarded to syslog (`[audit] syslog`, addresses off, the
+//!   default), as a real `rsyslogd` (imudp on loopback, omfile) received, parsed as
+//!   RFC 5424 and wrote them;
+//! - the DSN, any file under `data_dir` (the spool and audit store are encrypted), and
+//!   the loopback traffic to the receiver (TLS on the wire).
+//!
+//! The receiver's own copy must contain every canary: that proves they really went
+//! through.
 
 mod common;
 use base64::Engine;
 use common::*;
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SUBJECT: &str = "Qz7SubjCanary4Kp";
@@ -235,17 +256,192 @@ fn capture(port: u16, file: &Path, errlog: &Path) -> Option<Proc> {
     None
 }
 
+/// GET `url` with Python's urllib; returns the status and the whole response (status
+/// line, headers and body) as urllib saw it.
+fn http_get(url: &str) -> (u16, String) {
+    let script = "import sys, urllib.request, urllib.error\n\
+try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=10)\n\
+except urllib.error.HTTPError as e:\n    r = e\n\
+print(r.status); print(r.headers); print(r.read().decode())\n";
+    let out = Command::new(PYTHON)
+        .args(["-c", script, url])
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text.lines().next().unwrap_or_default().trim().parse();
+    let status = status.unwrap_or_else(|_| {
+        panic!(
+            "GET {url}: no status: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (status, text)
+}
+
+/// The value of the exposition line starting with `series ` (name plus label set).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// One POST as the webhook receiver got it.
+#[derive(Debug, Clone)]
+struct Post {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A minimal HTTP/1.1 receiver on loopback: records every request (request line,
+/// headers, body) and answers 200.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Post>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook receiver");
+    let port = listener.local_addr().expect("addr").port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let (mut head, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            got2.lock().expect("lock").push(Post { head, body });
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+/// A real syslog peer: `rsyslogd` in the foreground with its own configuration,
+/// receiving RFC 5424 over UDP on loopback and writing each message, with the fields it
+/// parsed, to `out`. None when rsyslogd is missing or cannot start here (a failure under
+/// CI=true).
+struct Rsyslog {
+    proc: Proc,
+    port: u16,
+    out: PathBuf,
+}
+
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+
+fn rsyslog(dir: &Path) -> Option<Rsyslog> {
+    if !require_tool(RSYSLOGD) {
+        return None;
+    }
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+        .port();
+    let out = dir.join("syslog.out");
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{dir}\")\n\
+             module(load=\"imudp\")\n\
+             template(name=\"parsed\" type=\"string\" string=\"%protocol-version% %syslogfacility% \
+             %syslogseverity% %app-name% %msgid% %rawmsg%\\n\")\n\
+             ruleset(name=\"phigate\") {{ action(type=\"omfile\" file=\"{out}\" template=\"parsed\") }}\n\
+             input(type=\"imudp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"phigate\")\n",
+            dir = dir.display(),
+            out = out.display(),
+        ),
+    )
+    .expect("rsyslog.conf");
+    let log = dir.join("rsyslogd.log");
+    let child = Command::new(RSYSLOGD)
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("rsyslogd log"))
+        .stderr(std::fs::File::create(dir.join("rsyslogd.err")).expect("rsyslogd err"))
+        .spawn()
+        .expect("spawn rsyslogd");
+    let mut p = Proc(child);
+    // Ready once a probe datagram has made it to the output file.
+    let probe = UdpSocket::bind("127.0.0.1:0").expect("probe socket");
+    let started = wait_for("rsyslogd", Duration::from_secs(20), || {
+        let _ = probe.send_to(b"<14>1 - - probe - - - rsyslogd-ready", ("127.0.0.1", port));
+        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("rsyslogd-ready"))
+    });
+    let alive = p.0.try_wait().ok().flatten().is_none();
+    if started && alive {
+        return Some(Rsyslog { proc: p, port, out });
+    }
+    let why = std::fs::read_to_string(dir.join("rsyslogd.err")).unwrap_or_default()
+        + &std::fs::read_to_string(&log).unwrap_or_default();
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("rsyslogd did not start (CI=true): {why}");
+    }
+    eprintln!("SKIP syslog: rsyslogd cannot run here: {why}");
+    None
+}
+
+/// Under systemd, stdout and stderr go to the journal unless the unit redirects them.
+fn unit_sends_output_to_the_journal() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/phigate.service");
+    let text = std::fs::read_to_string(&unit).expect("systemd/phigate.service");
+    for l in text.lines().map(str::trim) {
+        if let Some((k, v)) = l.split_once('=') {
+            if k == "StandardOutput" || k == "StandardError" {
+                assert!(
+                    v == "journal" || (k == "StandardError" && v == "inherit"),
+                    "{} sends {k} to {v}, not the journal: extend this test to that sink",
+                    unit.display()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     if !require_tool(PYTHON) {
         return;
     }
+    unit_sends_output_to_the_journal();
+    let work = tempfile::tempdir().expect("tempdir");
+    let syslog = rsyslog(work.path());
+    let (hook_port, posts) = webhook_receiver();
+    let hook_secret = work.path().join("hook.secret");
+    std::fs::write(&hook_secret, "leak-test-hook-secret\n").expect("hook secret");
+    let metrics_port = free_port();
     let sink_port = free_port();
-    let delivery = format!(
+    let mut delivery = format!(
         "mode = \"mx\"\ntls_level = \"encrypt\"\nconnect_timeout = \"5s\"\n\
          [delivery.domains.\"x.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n\
          [delivery.domains.\"clinic.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n"
     );
+    // The harness has no hook for extra sections; they ride after the `[delivery]` body.
+    // The webhook and syslog use their defaults: all events, no addresses.
+    delivery += &format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
+         [[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/phigate\"\nsecret_file = \"{}\"\n",
+        hook_secret.display()
+    );
+    if let Some(s) = &syslog {
+        delivery += &format!("\n[audit]\nsyslog = \"udp://127.0.0.1:{}\"\n", s.port);
+    }
     let mut gw = Gateway::start(GwOpts {
         listeners: vec![listener("smtps", "implicit", &["ip"])],
         delivery: Some(delivery),
@@ -279,7 +475,6 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         String::from_utf8_lossy(&read(&err_path))
     );
 
-    let work = tempfile::tempdir().expect("tempdir");
     let pcap = work.path().join("lo.pcapng");
     let tshark = capture(sink_port, &pcap, &work.path().join("tshark.log"));
     let inbox = work.path().join("inbox");
@@ -414,8 +609,110 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         "canaries in the DSN: {found:?}\n{dsn_text}"
     );
 
+    // Webhooks: every final outcome of the mix arrives, without a canary in the request.
+    let statuses = || -> Vec<String> {
+        posts
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<Value>(&p.body).ok())
+            .filter_map(|v| v["status"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        wait_for("webhooks", Duration::from_secs(30), || {
+            let s = statuses();
+            ["delivered", "bounced", "quarantined"]
+                .iter()
+                .all(|e| s.iter().any(|x| x == e))
+        }),
+        "webhook events: {:?}; phigate log:\n{}",
+        statuses(),
+        String::from_utf8_lossy(&read(&err_path))
+    );
+    for p in posts.lock().expect("lock").iter() {
+        let body = String::from_utf8_lossy(&p.body);
+        assert!(p.head.starts_with("POST /phigate "), "{}", p.head);
+        let raw = [p.head.as_bytes(), b"\r\n", &p.body].concat();
+        let found = leaks(&raw, &all_canaries());
+        assert!(
+            found.is_empty(),
+            "canaries in a webhook POST: {found:?}\n{}\n{body}",
+            p.head
+        );
+    }
+
+    // Metrics: the scrape shows the mix went through, and no canary.
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    let (status, scrape) = http_get(&format!("{base}/metrics"));
+    assert_eq!(status, 200, "{scrape}");
+    let count = |series: &str| sample(&scrape, series).unwrap_or(0.0);
+    assert!(
+        count("phigate_messages_total{outcome=\"accepted\",reason=\"accept\"}") >= 1.0
+            && count("phigate_outcomes_total{event=\"delivered\"}") >= 1.0
+            && count("phigate_outcomes_total{event=\"bounced\"}") >= 1.0
+            && count("phigate_outcomes_total{event=\"quarantined\"}") >= 1.0,
+        "the scrape does not show the mix:\n{scrape}"
+    );
+    let (healthz, health) = http_get(&format!("{base}/healthz"));
+    let (readyz, ready) = http_get(&format!("{base}/readyz"));
+    assert_eq!((healthz, readyz), (200, 200), "{health}\n{ready}");
+    for (what, text) in [
+        ("/metrics", &scrape),
+        ("/healthz", &health),
+        ("/readyz", &ready),
+    ] {
+        let found = leaks(text.as_bytes(), &all_canaries());
+        assert!(found.is_empty(), "canaries in {what}: {found:?}\n{text}");
+    }
+
+    // Syslog: wait for the last records of the mix before stopping the daemon.
+    if let Some(s) = &syslog {
+        let kinds = [
+            "message_received",
+            "policy_decision",
+            "delivered",
+            "bounced",
+            "dsn_sent",
+        ];
+        let has_all = || {
+            let text = std::fs::read_to_string(&s.out).unwrap_or_default();
+            kinds
+                .iter()
+                .all(|k| text.contains(&format!(" phigate {k} ")))
+        };
+        assert!(
+            wait_for("syslog records", Duration::from_secs(20), has_all),
+            "rsyslogd did not get the audit records {kinds:?}:\n{}",
+            std::fs::read_to_string(&s.out).unwrap_or_default()
+        );
+    }
+
     // Stop everything so the logs and stores are complete and flushed.
     drop(daemon);
+    if let Some(mut s) = syslog {
+        // SIGTERM: rsyslogd closes its output file.
+        let _ = Command::new("kill")
+            .args(["-TERM", &s.proc.0.id().to_string()])
+            .status();
+        let _ = wait_for("rsyslogd exit", Duration::from_secs(10), || {
+            s.proc.0.try_wait().ok().flatten().is_some()
+        });
+        let out = std::fs::read(&s.out).expect("syslog output");
+        let text = String::from_utf8_lossy(&out);
+        // What rsyslogd parsed: RFC 5424 version 1, facility 13 (log audit), severity 6,
+        // app-name phigate; then the message as received.
+        let records: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("1 13 6 phigate "))
+            .collect();
+        assert!(
+            records.len() >= 5 && records.iter().all(|l| l.contains("[audit@32473 seq=\"")),
+            "no RFC 5424 audit records from phigate:\n{text}"
+        );
+        let found = leaks(&out, &all_canaries());
+        assert!(found.is_empty(), "canaries in syslog: {found:?}\n{text}");
+    }
     if let Some(mut t) = tshark {
         // SIGINT: tshark finishes writing the capture file.
         let _ = Command::new("kill")
