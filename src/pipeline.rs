@@ -107,57 +107,65 @@ impl Pipeline {
             .clone()
     }
 
-    /// Parse, scan and decide off the async runtime: this is the CPU-heavy step.
+    /// Parse, scan and decide. Small messages (the common case: DLP takes ~0.1 ms on
+    /// 10 KB) are decided on the session's task; a hand-off to the blocking pool would cost
+    /// more than the scan. Large ones go to the blocking pool so they never stall the
+    /// runtime's worker threads.
     async fn decide(&self, sub: Submission) -> Result<Verdict, PipelineError> {
         let policy = self.policy();
         let Submission {
-            envelope: mut env,
-            content,
-            ..
+            envelope, content, ..
         } = sub;
-        tokio::task::spawn_blocking(move || {
-            let view = TextView::from_bytes(&content);
-            let scan = policy.scanner().scan(&view);
-            let recipients: Vec<String> =
-                env.recipients.iter().map(|r| r.address.clone()).collect();
-            let auth = env.auth.as_ref().map(|a| a.to_string());
-            let ctx = MessageContext {
-                sender: &env.mail_from,
-                recipients: &recipients,
-                auth_identity: auth.as_deref(),
-                listener: &env.listener,
-                size: content.len() as u64,
-                requiretls: env.params.requiretls,
-            };
-            let d = policy.evaluate(&ctx, &scan, &view);
-            drop(view);
-            let received_size = content.len();
-            let per_rcpt = d
-                .recipients
-                .iter()
-                .map(|r| {
-                    let rule = r.outcome.rule.clone().unwrap_or_else(|| "default".into());
-                    (r.outcome.action.as_str().to_string(), rule)
-                })
-                .collect();
-            // Always: besides our own edits this drops any X-Phigate-DLP header a
-            // sender forged, which must not reach recipients on untagged mail either.
-            let content = d.apply_to_message(&content);
-            env.tls_floor = env.tls_floor.max(d.enforced.require_tls);
-            Verdict {
-                action: d.enforced.action,
-                rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),
-                reply: d.reply.clone(),
-                findings: scan.summary(),
-                counts: scan.counts.clone(),
-                per_rcpt,
-                received_size,
-                content,
-                envelope: env,
-            }
+        if content.len() <= INLINE_DECIDE_MAX {
+            return Ok(decide_now(&policy, envelope, content));
+        }
+        tokio::task::spawn_blocking(move || decide_now(&policy, envelope, content))
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))
+    }
+}
+
+/// Largest message decided without leaving the async runtime.
+const INLINE_DECIDE_MAX: usize = 256 * 1024;
+
+fn decide_now(policy: &Policy, mut env: Envelope, content: Vec<u8>) -> Verdict {
+    let view = TextView::from_bytes(&content);
+    let scan = policy.scanner().scan(&view);
+    let recipients: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
+    let auth = env.auth.as_ref().map(|a| a.to_string());
+    let ctx = MessageContext {
+        sender: &env.mail_from,
+        recipients: &recipients,
+        auth_identity: auth.as_deref(),
+        listener: &env.listener,
+        size: content.len() as u64,
+        requiretls: env.params.requiretls,
+    };
+    let d = policy.evaluate(&ctx, &scan, &view);
+    drop(view);
+    let received_size = content.len();
+    let per_rcpt = d
+        .recipients
+        .iter()
+        .map(|r| {
+            let rule = r.outcome.rule.clone().unwrap_or_else(|| "default".into());
+            (r.outcome.action.as_str().to_string(), rule)
         })
-        .await
-        .map_err(|e| PipelineError::Task(e.to_string()))
+        .collect();
+    // Always: besides our own edits this drops any X-Phigate-DLP header a
+    // sender forged, which must not reach recipients on untagged mail either.
+    let content = d.apply_to_owned(content);
+    env.tls_floor = env.tls_floor.max(d.enforced.require_tls);
+    Verdict {
+        action: d.enforced.action,
+        rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),
+        reply: d.reply.clone(),
+        findings: scan.summary(),
+        counts: scan.counts.clone(),
+        per_rcpt,
+        received_size,
+        content,
+        envelope: env,
     }
 }
 
@@ -203,7 +211,9 @@ impl Pipeline {
     /// The submission proper; also returns the enforced action for metrics.
     async fn submit_inner(&self, sub: Submission) -> Result<(Reply, Action), PipelineError> {
         let id = sub.id;
-        let v = self.decide(sub).await?;
+        let mut v = self.decide(sub).await?;
+        // Handed to the spool by value (encrypted in its own buffer).
+        let content = std::mem::take(&mut v.content);
         if let Some(m) = self.queue.metrics() {
             m.dlp_findings(&v.counts);
         }
@@ -236,7 +246,7 @@ impl Pipeline {
             }
             Action::Quarantine => {
                 spool
-                    .enqueue_quarantined_with(id, &v.envelope, &v.content, &v.rule, attach)
+                    .enqueue_quarantined_with(id, &v.envelope, content, &v.rule, attach)
                     .await?;
                 self.notify_quarantined(id, &v.envelope);
                 return Ok((
@@ -250,10 +260,10 @@ impl Pipeline {
             }
             Action::Accept | Action::Tag => {
                 spool
-                    .enqueue_with(
+                    .enqueue_owned_with(
                         id,
                         &v.envelope,
-                        &v.content,
+                        content,
                         RecipientState::queued(now_secs()),
                         attach,
                     )

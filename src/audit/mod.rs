@@ -298,7 +298,8 @@ impl Audit {
     fn commit_staged(&self) -> io::Result<()> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         // Taken under the head lock, so the chain follows staging order.
-        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut staged =
+            std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
         if staged.is_empty() {
             return Ok(());
         }
@@ -308,8 +309,11 @@ impl Audit {
         let mut ops = Vec::new();
         let mut next = *head;
         let mut forwarded = Vec::new();
+        for st in &mut staged {
+            // Moved, not cloned: a staged message's ciphertext is not copied again.
+            ops.append(&mut st.ops);
+        }
         for st in &staged {
-            ops.extend(st.ops.iter().cloned());
             for ev in &st.events {
                 next.seq += 1;
                 let stored = record::encode(&keys, master.id(), next.seq, st.ts, &next.hash, ev);

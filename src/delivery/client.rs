@@ -480,7 +480,22 @@ impl TlsClient {
     }
 
     async fn body(&mut self, content: &[u8]) -> Result<Reply, ClientError> {
-        self.conn.write(&dot_stuff(content)).await?;
+        // Stuffed and written in pieces: a large message is never copied whole.
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::with_capacity(content.len().min(STUFF_CHUNK) + 64);
+        let mut pieces = content.chunks(STUFF_CHUNK).peekable();
+        loop {
+            out.clear();
+            if let Some(piece) = pieces.next() {
+                stuffer.push(piece, &mut out);
+            }
+            if pieces.peek().is_none() {
+                stuffer.finish(&mut out);
+                self.conn.write(&out).await?;
+                break;
+            }
+            self.conn.write(&out).await?;
+        }
         // RFC 5321 §4.5.3.2.6: the final reply may take long (10 minutes suggested).
         let t = self.conn.timeout.saturating_mul(2);
         self.conn.read_reply_within(t).await
@@ -581,21 +596,55 @@ pub fn xtext(s: &str) -> String {
     out
 }
 
+/// Bytes of content stuffed and written at a time.
+const STUFF_CHUNK: usize = 64 * 1024;
+
+/// Dot-stuffing (RFC 5321 §4.5.2) over content fed in pieces.
+struct DotStuffer {
+    at_line_start: bool,
+    /// The last two bytes fed, to know whether the content ended with CRLF.
+    tail: [u8; 2],
+    fed: usize,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            at_line_start: true,
+            tail: [0; 2],
+            fed: 0,
+        }
+    }
+}
+
+impl DotStuffer {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+            self.tail = [self.tail[1], b];
+        }
+        self.fed += input.len();
+    }
+
+    /// Ends the content with CRLF if needed, then the end-of-data marker.
+    fn finish(&self, out: &mut Vec<u8>) {
+        if self.fed > 0 && self.tail != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
 /// Dot-stuffs CRLF content (RFC 5321 §4.5.2) and appends the end-of-data marker.
 pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 64);
-    let mut at_line_start = true;
-    for &b in content {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !content.is_empty() && !content.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut s = DotStuffer::default();
+    s.push(content, &mut out);
+    s.finish(&mut out);
     out
 }
 
@@ -609,6 +658,24 @@ mod tests {
         assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b"mid.dle\r\n"), b"mid.dle\r\n.\r\n");
+        assert_eq!(dot_stuff(b"\n"), b"\n\r\n.\r\n");
+    }
+
+    #[test]
+    fn dot_stuffing_in_pieces_matches_whole() {
+        let msg = b"a\r\n.b\r\n..\r\nx.\r\n.\r\nend";
+        let whole = dot_stuff(msg);
+        for cut in 0..msg.len() {
+            for cut2 in cut..msg.len() {
+                let mut s = DotStuffer::default();
+                let mut out = Vec::new();
+                s.push(&msg[..cut], &mut out);
+                s.push(&msg[cut..cut2], &mut out);
+                s.push(&msg[cut2..], &mut out);
+                s.finish(&mut out);
+                assert_eq!(out, whole, "cuts at {cut}, {cut2}");
+            }
+        }
     }
 
     #[test]

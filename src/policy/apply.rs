@@ -10,6 +10,18 @@ pub const TAG_HEADER: &str = "X-Phigate-DLP";
 impl Decision {
     /// The message with the enforced header edits applied (unchanged if there are none,
     /// apart from dropping inbound `X-Phigate-DLP` fields).
+    /// [`Decision::apply_to_message`] without copying a message that needs no edit (no
+    /// tag, no redaction, no inbound tag field to drop) - the common case.
+    pub fn apply_to_owned(&self, raw: Vec<u8>) -> Vec<u8> {
+        if self.tag_header.is_none()
+            && self.enforced.redact_subject.is_none()
+            && !has_field(&raw, TAG_HEADER)
+        {
+            return raw;
+        }
+        self.apply_to_message(&raw)
+    }
+
     pub fn apply_to_message(&self, raw: &[u8]) -> Vec<u8> {
         edit_headers(
             raw,
@@ -72,6 +84,12 @@ pub fn edit_headers(raw: &[u8], tag: Option<&str>, subject: Option<&str>) -> Vec
     }
     out.extend_from_slice(body);
     out
+}
+
+/// True if the header block has a field called `name`.
+fn has_field(raw: &[u8], name: &str) -> bool {
+    let (head, _) = split_header_block(raw);
+    head.split(|b| *b == b'\n').any(|line| has_name(line, name))
 }
 
 /// Header block (including the final line break of the last field) and the rest

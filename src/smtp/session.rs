@@ -661,9 +661,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let id = MessageId::new();
         let helo = self.helo.as_ref().map(|h| h.0.clone()).unwrap_or_default();
-        let mut full = self.received_header(id, &helo).into_bytes();
-        full.extend_from_slice(&content);
-        drop(content);
+        // Prepended in place (a memmove, usually within spare capacity): a large message
+        // is not held twice.
+        let mut full = content;
+        full.splice(0..0, self.received_header(id, &helo).into_bytes());
         let envelope = Envelope {
             mail_from: tx.from,
             params: tx.params,

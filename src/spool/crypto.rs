@@ -125,6 +125,57 @@ pub fn seal(dk: &DataKey, msg: &MessageId, kind: RecordKind, plaintext: &[u8]) -
     out
 }
 
+/// [`seal`] in place: the ciphertext takes over `plaintext`'s buffer.
+pub fn seal_owned(dk: &DataKey, msg: &MessageId, kind: RecordKind, plaintext: Vec<u8>) -> Vec<u8> {
+    use aes_gcm::aead::AeadInPlace;
+    let nonce = random_nonce();
+    let aad = record_aad(msg, kind, &dk.id);
+    let mut buf = plaintext;
+    // As in `seal`: fails only beyond AES-GCM's ~64 GB limit; never return plaintext.
+    if dk
+        .cipher()
+        .encrypt_in_place(Nonce::from_slice(&nonce), &aad, &mut buf)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut header = Vec::with_capacity(2 + DK_ID_LEN + NONCE_LEN);
+    header.push(VERSION);
+    header.push(kind as u8);
+    header.extend_from_slice(&dk.id);
+    header.extend_from_slice(&nonce);
+    buf.splice(0..0, header);
+    buf
+}
+
+/// [`open`] in place: the plaintext reuses `blob`'s buffer, so a large message is never
+/// held twice while it is decrypted.
+pub fn open_owned(
+    dk: &DataKey,
+    msg: &MessageId,
+    kind: RecordKind,
+    mut blob: Vec<u8>,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    use aes_gcm::aead::AeadInPlace;
+    let header = 2 + DK_ID_LEN + NONCE_LEN;
+    if blob.len() < header + 16
+        || blob[0] != VERSION
+        || blob[1] != kind as u8
+        || blob[2..2 + DK_ID_LEN] != dk.id
+    {
+        return Err(CryptoError::Auth);
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&blob[2 + DK_ID_LEN..header]);
+    blob.drain(..header);
+    let mut blob = Zeroizing::new(blob);
+    let aad = record_aad(msg, kind, &dk.id);
+    dk.cipher()
+        .decrypt_in_place(Nonce::from_slice(&nonce), &aad, &mut *blob)
+        .map_err(|_| CryptoError::Auth)?;
+    Ok(blob)
+}
+
 /// Open a record sealed by [`seal`]; any mismatch of message, kind, key or bytes is `Auth`.
 pub fn open(
     dk: &DataKey,

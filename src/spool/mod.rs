@@ -230,6 +230,20 @@ impl Spool {
         initial: RecipientState,
         attach: &dyn Attach,
     ) -> Result<(), SpoolError> {
+        self.enqueue_owned_with(id, env, content.to_vec(), initial, attach)
+            .await
+    }
+
+    /// [`Spool::enqueue_with`] taking the content by value: it is encrypted in its own
+    /// buffer, so a large message is not held as plaintext and ciphertext at once.
+    pub async fn enqueue_owned_with(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        content: Vec<u8>,
+        initial: RecipientState,
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
         let ops = self.enqueue_ops(id, env, content, initial)?;
         self.commit_attached(ops, attach).await
     }
@@ -243,7 +257,7 @@ impl Spool {
         content: &[u8],
         rule: &str,
     ) -> Result<(), SpoolError> {
-        self.enqueue_quarantined_with(id, env, content, rule, &NoAttach)
+        self.enqueue_quarantined_with(id, env, content.to_vec(), rule, &NoAttach)
             .await
     }
 
@@ -252,7 +266,7 @@ impl Spool {
         &self,
         id: MessageId,
         env: &Envelope,
-        content: &[u8],
+        content: Vec<u8>,
         rule: &str,
         attach: &dyn Attach,
     ) -> Result<(), SpoolError> {
@@ -277,7 +291,7 @@ impl Spool {
         &self,
         id: MessageId,
         env: &Envelope,
-        content: &[u8],
+        content: Vec<u8>,
         initial: RecipientState,
     ) -> Result<Vec<Op>, SpoolError> {
         let key = id_bytes(&id);
@@ -309,7 +323,7 @@ impl Spool {
             Op::Put(
                 Tree::Messages,
                 key.to_vec(),
-                crypto::seal(&dk, &id, RecordKind::Content, content),
+                crypto::seal_owned(&dk, &id, RecordKind::Content, content),
             ),
             Op::Put(
                 Tree::Envelopes,
@@ -369,8 +383,15 @@ impl Spool {
     pub fn load(&self, id: &MessageId) -> Result<(Envelope, Vec<u8>), SpoolError> {
         let dk = self.data_key(id)?;
         let env = self.open_record(&dk, id, Tree::Envelopes, RecordKind::Envelope)?;
-        let content = self.open_record(&dk, id, Tree::Messages, RecordKind::Content)?;
-        Ok((Self::decode_envelope(id, &env)?, content.to_vec()))
+        let env = Self::decode_envelope(id, &env)?;
+        // Decrypted in the buffer read from the store: one copy of the content, not three.
+        let blob = self
+            .store
+            .get(Tree::Messages, &id_bytes(id))?
+            .ok_or(SpoolError::Tampered { id: *id })?;
+        let mut content = crypto::open_owned(&dk, id, RecordKind::Content, blob)
+            .map_err(|_| SpoolError::Tampered { id: *id })?;
+        Ok((env, std::mem::take(&mut *content)))
     }
 
     /// Decrypt only the envelope.
