@@ -46,11 +46,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e.to_string()))
 }
 
-/// The crypto provider phigate uses everywhere: ring, with only AEAD suites that have
-/// forward secrecy (ring's TLS 1.2 suites are all ECDHE + GCM/ChaCha20, so the default
-/// list already qualifies; filtering keeps it that way if the defaults ever grow).
+/// The crypto provider of the listeners: aws-lc-rs, with only AEAD suites that have
+/// forward secrecy (its TLS 1.2 suites are all ECDHE + GCM/ChaCha20, so the default list
+/// already qualifies; filtering keeps it that way if the defaults ever grow).
+///
+/// aws-lc-rs rather than ring (used for outbound connections) because every inbound
+/// connection costs one RSA signature, and aws-lc's AVX-512 IFMA RSA code signs about
+/// 2.5x faster than ring's on this class of machine: the handshake was a third of
+/// phigate's CPU per relayed message (bench/README.md).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites.retain(|s| {
         let name = format!("{:?}", s.suite());
         name.starts_with("TLS13_")
@@ -95,7 +100,7 @@ pub fn build_server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsErro
     };
     let mut config = builder.with_single_cert(certs, key)?;
     // Stateless resumption makes reconnecting legacy clients cheap.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
