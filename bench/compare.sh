@@ -239,7 +239,7 @@ generate_key = true
 [queue]
 concurrency = 50
 EOF
-  (ulimit -n "$(ulimit -Hn)"; exec "$PHIGATE" serve --log-level "$PHIGATE_LOG" --config "$PG/phigate.toml") \
+  (ulimit -n "$(ulimit -Hn)"; exec ${PHIGATE_WRAP:-} "$PHIGATE" serve --log-level "$PHIGATE_LOG" --config "$PG/phigate.toml") \
     >"$PG/stdout.log" 2>"$PG/phigate.log" &
   PHIGATE_PID=$!; STARTED="$STARTED $PHIGATE_PID"
   local i; for i in $(seq 1 200); do { grep -q "phigate ready" "$PG/phigate.log" 2>/dev/null || port_open "$BIND" "$PHIGATE_PORT"; } && break
@@ -325,6 +325,13 @@ phigate)
     if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true; grep -sE "task-clock|context-switches|syscalls" "$RES/perf-stat-$i.txt" >&2; PERF=""; fi
   done
   echo "phigate_vmhwm_mb=$(( $(hwm_kb "$PHIGATE_PID") / 1024 )) rss_mb=$(( $(rss_kb "$PHIGATE_PID") / 1024 ))"
+  # Where the memory is (largest mappings), for leak hunting.
+  awk '/^[0-9a-f]+-/{m=$1" "$6} /^Rss:/{if ($2 > 1024) print $2" kB "m}' "/proc/$PHIGATE_PID/smaps" | sort -rn | head -20 > "$RES/smaps.txt"
+  grep -E "Threads|RssAnon|RssFile" "/proc/$PHIGATE_PID/status" >> "$RES/smaps.txt"
+  if [ -n "${TRIM_PROBE:-}" ] && command -v gdb >/dev/null; then  # free-but-retained vs live heap
+    gdb -p "$PHIGATE_PID" -batch -ex 'call (int)malloc_trim(0)' >/dev/null 2>&1 || true
+    echo "after malloc_trim: rss_mb=$(( $(rss_kb "$PHIGATE_PID") / 1024 ))"
+  fi
   ;;
 compare)
   start_postfix
