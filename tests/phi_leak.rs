@@ -10,8 +10,8 @@
 //!   `systemd/phigate.service` sets no `StandardOutput=`/`StandardError=` (this test
 //!   fails if it ever sends them elsewhere), so systemd's defaults apply: `DefaultStandardOutput=journal` and
 //!   `StandardError=inherit`. journald itself cannot run here (it needs systemd as
-//!   PID 1), so it is not faked. The unit passes `--log-format json`; this run uses the
-//!   default human format: the same tracing events and fields, rendered differently;
+//!   PID 1), so it is not faked. Like the unit, this run passes `--log-format json`, so
+//!   the bytes checked are the ones the journal would store;
 //! - the Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`, scraped with Python's
 //!   urllib while the daemon runs; the scrape must show the accepted message);
 //! - every webhook POST, headers and body, to a loopback HTTP receiver in this test
@@ -456,7 +456,14 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     let err_path = gw.tmp.path().join("stderr.log");
     let daemon = Proc(
         Command::new(BIN)
-            .args(["serve", "--log-level", "debug", "--config"])
+            .args([
+                "serve",
+                "--log-level",
+                "debug",
+                "--log-format",
+                "json",
+                "--config",
+            ])
             .arg(&gw.config)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -473,6 +480,10 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         )),
         "phigate not ready: {}",
         String::from_utf8_lossy(&read(&err_path))
+    );
+    assert!(
+        contains(&read(&err_path), b"\"level\":\"DEBUG\""),
+        "expected JSON log lines at debug level (what the journal stores)"
     );
 
     let pcap = work.path().join("lo.pcapng");
