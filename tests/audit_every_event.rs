@@ -134,17 +134,18 @@ fn serve(stream: TcpStream, cfg: Arc<rustls::ServerConfig>, log: Arc<Mutex<RxLog
             return;
         }
     }
+    // The names phigate records for both directions: `TLSv1.3` and the IANA suite name.
     let seen = TlsSeen {
         version: conn
             .protocol_version()
             .and_then(|v| v.as_str())
             .unwrap_or("")
-            .to_string(),
+            .replace("TLSv1_", "TLSv1."),
         cipher: conn
             .negotiated_cipher_suite()
             .and_then(|c| c.suite().as_str())
             .unwrap_or("")
-            .to_string(),
+            .replace("TLS13_", "TLS_"),
     };
     let mut r = BufReader::new(rustls::StreamOwned::new(conn, tcp));
     converse(&mut r, &seen, &log);

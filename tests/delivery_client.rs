@@ -437,7 +437,7 @@ async fn encrypt_delivers_with_dot_stuffing_and_per_recipient_replies() {
     assert_eq!(hop.method, "encrypt-only");
     assert_eq!(hop.ip, "127.0.0.1");
     assert_eq!(hop.peer_cert_sha256, hex::encode(Sha256::digest(&der)));
-    assert!(hop.tls_version.starts_with("TLSv1_"), "{}", hop.tls_version);
+    assert!(hop.tls_version.starts_with("TLSv1."), "{}", hop.tls_version);
     let log = log.lock().expect("log");
     assert_eq!(log.data.len(), 1);
     assert_eq!(log.data[0], b"Subject: x\r\n\r\n..dot line\r\nend\r\n");

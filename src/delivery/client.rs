@@ -328,16 +328,9 @@ async fn handshake(
 fn tls_facts(tls: &TlsStream<TcpStream>) -> TlsFacts {
     let (_, session) = tls.get_ref();
     TlsFacts {
-        version: session
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string(),
-        cipher: session
-            .negotiated_cipher_suite()
-            .and_then(|c| c.suite().as_str())
-            .unwrap_or("")
-            .to_string(),
+        // Named as inbound connections are, so one audit query matches both directions.
+        version: crate::tls::server::version_name(session.protocol_version()),
+        cipher: crate::tls::server::cipher_name(session.negotiated_cipher_suite()),
         peer_cert_sha256: session
             .peer_certificates()
             .and_then(|c| c.first())

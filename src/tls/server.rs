@@ -179,23 +179,32 @@ pub struct ClientCert {
     pub sha256: String,
 }
 
-/// Version, cipher and client certificate of a finished server handshake.
-pub fn session_info(conn: &ServerConnection) -> (TlsInfo, Option<ClientCert>) {
-    let version = match conn.protocol_version() {
+/// The protocol version as logs, Received headers and audit records name it, for
+/// inbound and outbound connections alike (`TLSv1.3`, as OpenSSL and Postfix write it).
+pub fn version_name(v: Option<rustls::ProtocolVersion>) -> String {
+    match v {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
         Some(v) => format!("{v:?}"),
         None => "unknown".to_string(),
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| {
-            let name = format!("{:?}", s.suite());
-            name.strip_prefix("TLS13_")
-                .map(|n| format!("TLS_{n}"))
-                .unwrap_or(name)
-        })
-        .unwrap_or_default();
+    }
+}
+
+/// The cipher suite's IANA name (`TLS_AES_256_GCM_SHA384`, not rustls' `TLS13_...`).
+pub fn cipher_name(s: Option<rustls::SupportedCipherSuite>) -> String {
+    s.map(|s| {
+        let name = format!("{:?}", s.suite());
+        name.strip_prefix("TLS13_")
+            .map(|n| format!("TLS_{n}"))
+            .unwrap_or(name)
+    })
+    .unwrap_or_default()
+}
+
+/// Version, cipher and client certificate of a finished server handshake.
+pub fn session_info(conn: &ServerConnection) -> (TlsInfo, Option<ClientCert>) {
+    let version = version_name(conn.protocol_version());
+    let cipher = cipher_name(conn.negotiated_cipher_suite());
     let cert = conn
         .peer_certificates()
         .and_then(|c| c.first())
