@@ -20,6 +20,7 @@ fn envelope() -> Envelope {
         tls: None,
         received_at: 0,
         tls_floor: None,
+        session: String::new(),
     }
 }
 

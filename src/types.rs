@@ -171,6 +171,9 @@ pub struct Envelope {
     /// Minimum TLS for the next hop, set by policy (`require_tls`).
     #[serde(default)]
     pub tls_floor: Option<TlsFloor>,
+    /// The inbound SMTP session that carried the message (links it to `session_opened`).
+    #[serde(default)]
+    pub session: String,
 }
 
 /// Per-recipient delivery state.

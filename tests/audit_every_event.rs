@@ -421,22 +421,32 @@ impl Trail {
             .unwrap_or_else(|| panic!("no {kind} for {id}: {:?}", self.kinds(id)))
     }
 
-    /// The session that carried message `id`: sessions here run one after another, so
-    /// it is the last `session_opened` before the message's `message_received`.
+    /// The session that carried message `id`, by the session ID its `message_received`
+    /// names; that session's `session_opened` must come first in the chain.
     fn session_of(&self, id: &str) -> &Value {
-        let received = Trail::seq(self.first(id, "message_received"));
-        self.all("session_opened")
+        let received = self.first(id, "message_received");
+        let sid = received["session"].as_str().unwrap_or_default();
+        assert!(
+            !sid.is_empty(),
+            "message_received names no session: {received}"
+        );
+        let opened = self
+            .all("session_opened")
             .into_iter()
-            .rev()
-            .find(|s| Trail::seq(s) < received)
-            .unwrap_or_else(|| panic!("no session before {id}"))
+            .find(|s| s["session"] == sid)
+            .unwrap_or_else(|| panic!("no session_opened for {sid} ({id})"));
+        assert!(
+            Trail::seq(opened) < Trail::seq(received),
+            "{opened} after {received}"
+        );
+        opened
     }
 
     /// Records of the session's own events (`auth_*`), by session ID.
     fn in_session(&self, session: &Value) -> Vec<&Value> {
         self.0
             .iter()
-            .filter(|r| r["session"] == session["session"] && Trail::kind(r) != "session_opened")
+            .filter(|r| r["session"] == session["session"] && Trail::kind(r).starts_with("auth_"))
             .collect()
     }
 }

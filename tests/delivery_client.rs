@@ -307,6 +307,7 @@ fn envelope(rcpts: &[&str], requiretls: bool) -> Envelope {
         tls: None,
         received_at: 0,
         tls_floor: None,
+        session: String::new(),
     }
 }
 

@@ -365,6 +365,7 @@ fn envelope(rcpt: &str) -> Envelope {
         tls: None,
         received_at: 0,
         tls_floor: None,
+        session: String::new(),
     }
 }
 

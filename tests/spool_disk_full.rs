@@ -19,6 +19,7 @@ fn envelope() -> Envelope {
         tls: None,
         received_at: now_secs(),
         tls_floor: None,
+        session: String::new(),
     }
 }
 

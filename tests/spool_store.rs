@@ -21,6 +21,7 @@ fn envelope(from: &str, rcpts: &[&str]) -> Envelope {
         tls: None,
         received_at: now_secs(),
         tls_floor: None,
+        session: String::new(),
     }
 }
 

@@ -155,6 +155,7 @@ impl AuditEvent {
             .collect();
         AuditEvent::new(Kind::MessageReceived)
             .message(id)
+            .field("session", env.session.as_str())
             .field("size", size as u64)
             .field("listener", env.listener.as_str())
             .field("peer_ip", env.peer_ip.as_str())

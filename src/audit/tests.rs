@@ -24,6 +24,7 @@ fn env() -> Envelope {
         tls: None,
         received_at: now_secs(),
         tls_floor: None,
+        session: String::new(),
     }
 }
 

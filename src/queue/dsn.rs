@@ -150,6 +150,7 @@ mod tests {
             tls: None,
             received_at: 1_700_000_000,
             tls_floor: None,
+            session: String::new(),
         };
         let id = MessageId::new();
         let msg = build(

@@ -600,6 +600,7 @@ impl Queue {
             tls: None,
             received_at: now_secs(),
             tls_floor: env.tls_floor,
+            session: String::new(),
         };
         let event = AuditEvent::dsn_sent(id, dsn_id, &env.mail_from, rcpts.len());
         self.spool

@@ -676,6 +676,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tls: self.conn.tls.clone(),
             received_at: crate::types::now_secs(),
             tls_floor: None,
+            session: self.conn.id.to_string(),
         };
         let rcpts = envelope.recipients.len();
         let size = full.len();
