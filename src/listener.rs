@@ -50,17 +50,23 @@ impl ConnLimits {
         })
     }
 
-    /// Take a slot for `ip`, or say which limit was hit.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, &'static str> {
+    /// Take a slot for `ip`, or say which limit was hit (metric label, reply text).
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+    ) -> Result<ConnGuard, (&'static str, &'static str)> {
         let permit = self
             .total
             .clone()
             .try_acquire_owned()
-            .map_err(|_| "Too many connections, try again later")?;
+            .map_err(|_| ("total", "Too many connections, try again later"))?;
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.per_ip_max {
-            return Err("Too many connections from your address, try again later");
+            return Err((
+                "per_ip",
+                "Too many connections from your address, try again later",
+            ));
         }
         *n += 1;
         Ok(ConnGuard {
@@ -126,8 +132,11 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
                     drop(guard);
                 });
             }
-            Err(why) => {
-                info!(listener = %ctx.info.name, peer = %peer.ip(), code = 421, "connection refused: limit");
+            Err((limit, why)) => {
+                info!(listener = %ctx.info.name, peer = %peer.ip(), code = 421, limit, "connection refused: limit");
+                if let Some(m) = &ctx.metrics {
+                    m.connection_refused(&ctx.info.name, limit);
+                }
                 let c = ctx.clone();
                 tokio::spawn(async move { refuse(tcp, c, why).await });
             }

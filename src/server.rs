@@ -193,6 +193,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         handoff,
         limiter,
         shutdown: shutdown_rx.clone(),
+        metrics: metrics.clone(),
     };
     let shared = Arc::new(RwLock::new(build_shared(&cfg, &services)?));
     let limits = ConnLimits::new(
@@ -423,6 +424,7 @@ struct Services {
     handoff: Arc<dyn Handoff>,
     limiter: Arc<FailureLimiter>,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 fn build_shared(cfg: &Config, services: &Services) -> Result<Arc<Shared>, ServerError> {
@@ -439,6 +441,7 @@ fn build_shared(cfg: &Config, services: &Services) -> Result<Arc<Shared>, Server
         handoff: services.handoff.clone(),
         shutdown: services.shutdown.clone(),
         audit: Some(services.audit.clone()),
+        metrics: Some(services.metrics.clone()),
     }))
 }
 

@@ -140,3 +140,82 @@ fn metrics_count_mail_and_never_show_phi() {
     assert!(!scrape.contains('@'), "an address in the scrape:\n{scrape}");
     assert!(!scrape.contains("078-05-1120"));
 }
+
+/// Refusals at the edge are counted by kind and code, never by address: a failed and a
+/// successful AUTH, RCPTs refused for a blocked domain and for a bad parameter, and a
+/// connection over the per-IP limit.
+#[test]
+fn auth_results_rcpt_refusals_and_connection_limits_are_counted() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let port = free_port();
+    let gw = Gateway::start(GwOpts {
+        server_extra: "max_connections_per_ip = 1".into(),
+        users: vec!["alice"],
+        delivery: Some(format!(
+            "mode = \"sandbox\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        )),
+        policy: Some(
+            "[dlp]\nmode = \"enforce\"\n\n[recipients]\nblocked_domains = [\"blocked.example\"]\n\n[default]\naction = \"accept\"\n".into(),
+        ),
+        ..GwOpts::default()
+    });
+    let canary = "zq7refusedcanary";
+    let t = py(gw.peer(
+        "smtps",
+        vec![
+            send("EHLO ehr.clinic.test\r\n"),
+            send(&auth_plain("alice", "wrong password")),
+            send(&auth_plain("alice", PASSWORD)),
+            send("MAIL FROM:<sender@clinic.test>\r\n"),
+            send(&format!("RCPT TO:<{canary}@blocked.example>\r\n")),
+            send(&format!("RCPT TO:<{canary}@example.net> FOO=BAR\r\n")),
+            send("QUIT\r\n"),
+        ],
+    ));
+    assert!(t.line(1).starts_with("535 5.7.8"), "{:?}", t.raw);
+    assert!(t.line(2).starts_with("235 2.7.0"), "{:?}", t.raw);
+    assert!(t.line(4).starts_with("550 5.7.1"), "{:?}", t.raw);
+    assert!(t.line(5).starts_with("555 5.5.4"), "{:?}", t.raw);
+    // One connection held open: the next one from the same address gets 421.
+    let sub = gw.port("submission");
+    let mut held = Plain::connect(sub);
+    assert!(held.line().starts_with("220 "));
+    let mut over = Plain::connect(sub);
+    assert!(over.line().starts_with("421 4.7.0"));
+
+    let (status, scrape) = http_get(&format!("http://127.0.0.1:{port}/metrics"));
+    assert_eq!(status, 200);
+    let s = |series: &str| sample(&scrape, series);
+    assert_eq!(
+        s("phigate_auth_total{listener=\"smtps\",result=\"failure\"}"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        s("phigate_auth_total{listener=\"smtps\",result=\"success\"}"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        s("phigate_rcpt_refused_total{listener=\"smtps\",code=\"5.7.1\"}"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        s("phigate_rcpt_refused_total{listener=\"smtps\",code=\"5.5.4\"}"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        s("phigate_connections_refused_total{listener=\"submission\",limit=\"per_ip\"}"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert!(!scrape.contains(canary), "address in the scrape:\n{scrape}");
+    assert!(
+        !scrape.contains("alice"),
+        "identity in the scrape:\n{scrape}"
+    );
+}

@@ -72,6 +72,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Webhook POSTs, by result (ok, retry, dropped, gave_up).",
     ),
+    (
+        CONNECTIONS_REFUSED,
+        "counter",
+        "Connections refused with 421 at accept, by limit hit (per_ip, total).",
+    ),
+    (
+        AUTH_RESULTS,
+        "counter",
+        "SMTP AUTH attempts, by result (success, failure, blocked).",
+    ),
+    (
+        RCPT_REFUSED,
+        "counter",
+        "RCPT commands refused, by enhanced status code.",
+    ),
 ];
 
 pub const CONNECTIONS: &str = "phigate_connections_total";
@@ -84,6 +99,9 @@ pub const DANE_LOOKUPS: &str = "phigate_dane_lookups_total";
 pub const MTA_STS_LOOKUPS: &str = "phigate_mta_sts_lookups_total";
 pub const OUTCOMES: &str = "phigate_outcomes_total";
 pub const WEBHOOK_POSTS: &str = "phigate_webhook_posts_total";
+pub const CONNECTIONS_REFUSED: &str = "phigate_connections_refused_total";
+pub const AUTH_RESULTS: &str = "phigate_auth_total";
+pub const RCPT_REFUSED: &str = "phigate_rcpt_refused_total";
 
 /// A sample computed at scrape time (queue depth and the like).
 #[derive(Debug, Clone)]
@@ -205,6 +223,25 @@ impl Metrics {
 
     pub fn connection(&self, listener: &str) {
         self.inc(CONNECTIONS, &[("listener", listener)]);
+    }
+
+    /// `limit`: `per_ip` or `total`.
+    pub fn connection_refused(&self, listener: &str, limit: &str) {
+        self.inc(
+            CONNECTIONS_REFUSED,
+            &[("listener", listener), ("limit", limit)],
+        );
+    }
+
+    /// `result`: success, failure, or blocked (refused by the failure limiter).
+    pub fn auth(&self, listener: &str, result: &str) {
+        self.inc(AUTH_RESULTS, &[("listener", listener), ("result", result)]);
+    }
+
+    /// Codes only: the refused address never becomes a label.
+    pub fn rcpt_refused(&self, listener: &str, r: &crate::types::Reply) {
+        let code = reply_reason(r);
+        self.inc(RCPT_REFUSED, &[("listener", listener), ("code", &code)]);
     }
 
     /// `outcome`: accepted, rejected, quarantined or failed; `reason`: the policy

@@ -46,6 +46,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The audit trail (sessions and AUTH results), when enabled.
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// Counters for AUTH results and RCPT refusals, when metrics are on.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The listener a session arrived on.
@@ -490,19 +492,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn rcpt(&mut self, to: String, params: Vec<Param>) {
         if let Some(r) = self.gate(true) {
+            if let Some(m) = &self.shared.metrics {
+                m.rcpt_refused(&self.listener.name, &r);
+            }
             let _ = self.error_reply(r);
             return;
         }
         let Some(tx) = self.tx.as_ref() else {
-            self.send(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
+            self.refuse_rcpt(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
             return;
         };
         if tx.rcpts.len() >= self.shared.max_recipients {
-            self.send(Reply::new(452, "4.5.3", "Too many recipients"));
+            self.refuse_rcpt(Reply::new(452, "4.5.3", "Too many recipients"));
             return;
         }
         if !tx.params.smtputf8 && !to.is_ascii() {
-            self.send(Reply::new(
+            self.refuse_rcpt(Reply::new(
                 553,
                 "5.6.7",
                 "Non-ASCII address requires SMTPUTF8",
@@ -515,7 +520,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 ("NOTIFY", Some(v)) => match parse_notify(v) {
                     Some(n) => rcpt.notify = Some(n),
                     None => {
-                        self.send(Reply::new(501, "5.5.4", "Invalid NOTIFY parameter"));
+                        self.refuse_rcpt(Reply::new(501, "5.5.4", "Invalid NOTIFY parameter"));
                         return;
                     }
                 },
@@ -526,13 +531,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     match parsed {
                         Some(o) => rcpt.orcpt = Some(o),
                         None => {
-                            self.send(Reply::new(501, "5.5.4", "Invalid ORCPT parameter"));
+                            self.refuse_rcpt(Reply::new(501, "5.5.4", "Invalid ORCPT parameter"));
                             return;
                         }
                     }
                 }
                 _ => {
-                    self.send(Reply::new(
+                    self.refuse_rcpt(Reply::new(
                         555,
                         "5.5.4",
                         format!("Unsupported parameter {key}"),
@@ -551,7 +556,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if let Some(r) = self.shared.handoff.check_recipient(&check) {
             info!(session = %self.conn.id, code = r.code, "recipient refused by policy");
-            self.send(r);
+            self.refuse_rcpt(r);
             return;
         }
         if let Some(tx) = self.tx.as_mut() {
@@ -763,6 +768,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let delay = match self.shared.limiter.check(ip) {
             LimitVerdict::Blocked => {
                 warn!(session = %self.conn.id, peer = %ip, "AUTH refused: too many failures");
+                self.count_auth("blocked");
                 self.send(Reply::new(
                     421,
                     "4.7.0",
@@ -796,6 +802,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.shared.limiter.succeed(ip);
             info!(session = %self.conn.id, peer = %ip, user = %user, "AUTH success");
             self.audit_auth(true, &user);
+            self.count_auth("success");
             self.auth = Some(AuthIdentity::Password(user));
             self.password_authed = true;
             self.send(Reply::new(235, "2.7.0", "Authentication successful"));
@@ -804,6 +811,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let blocked = self.shared.limiter.fail(ip);
         warn!(session = %self.conn.id, peer = %ip, user = %user, "AUTH failure");
         self.audit_auth(false, &user);
+        self.count_auth("failure");
         if blocked {
             self.send(Reply::new(
                 421,
@@ -817,6 +825,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "5.7.8",
             "Authentication credentials invalid",
         ))
+    }
+
+    fn count_auth(&self, result: &str) {
+        if let Some(m) = &self.shared.metrics {
+            m.auth(&self.listener.name, result);
+        }
+    }
+
+    /// Send a RCPT refusal and count it.
+    fn refuse_rcpt(&mut self, r: Reply) {
+        if let Some(m) = &self.shared.metrics {
+            m.rcpt_refused(&self.listener.name, &r);
+        }
+        self.send(r);
     }
 
     fn audit_auth(&self, ok: bool, user: &str) {
