@@ -111,11 +111,12 @@ pub struct QueueSettings {
 }
 
 impl QueueSettings {
-    /// Next attempt after `attempts` tries, with ±10% jitter so retries do not stampede.
+    /// Next attempt after `attempts` tries, with ±10% jitter (at least ±1 s once the delay
+    /// is 2 s or more) so retries do not stampede.
     pub fn next_attempt(&self, attempts: u32, now: u64) -> u64 {
         let i = (attempts.max(1) as usize - 1).min(self.retry.len().saturating_sub(1));
         let base = self.retry.get(i).copied().unwrap_or(300).max(1);
-        let spread = base / 10;
+        let spread = if base >= 2 { (base / 10).max(1) } else { 0 };
         let jitter = if spread > 0 {
             rand::Rng::gen_range(&mut rand::thread_rng(), 0..=2 * spread) as i64 - spread as i64
         } else {
@@ -652,5 +653,14 @@ mod tests {
             let n = s.next_attempt(9, 1000) - 1000;
             assert!((3240..=3960).contains(&n), "{n}");
         }
+        // Short delays (tests, aggressive configs) still spread by a second.
+        let short = QueueSettings {
+            retry: vec![5],
+            ..s
+        };
+        let seen: std::collections::BTreeSet<u64> = (0..200)
+            .map(|_| short.next_attempt(1, 1000) - 1000)
+            .collect();
+        assert_eq!(seen, [4, 5, 6].into_iter().collect());
     }
 }
