@@ -391,6 +391,10 @@ pub struct QueueConfig {
     /// Delivery attempts running at once.
     #[serde(default = "defaults::concurrency")]
     pub concurrency: usize,
+    /// Age of a still-deferred message at which its sender gets one "delayed" DSN
+    /// (recipients with NOTIFY=DELAY or no NOTIFY); 0 turns it off.
+    #[serde(default = "defaults::delay_warning")]
+    pub delay_warning: Seconds,
 }
 
 impl Default for QueueConfig {
@@ -399,6 +403,7 @@ impl Default for QueueConfig {
             retry: defaults::retry(),
             expire: defaults::expire(),
             concurrency: defaults::concurrency(),
+            delay_warning: defaults::delay_warning(),
         }
     }
 }
@@ -524,6 +529,10 @@ mod defaults {
     }
     pub fn concurrency() -> usize {
         50
+    }
+    /// As sendmail's `Timeout.queuewarn`.
+    pub fn delay_warning() -> Seconds {
+        Seconds(4 * 3600)
     }
     pub fn metadata() -> Seconds {
         Seconds(30 * 86400)

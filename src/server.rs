@@ -365,6 +365,7 @@ fn queue_settings(cfg: &Config) -> QueueSettings {
         hostname: cfg.server.hostname.clone(),
         retry: cfg.queue.retry.iter().map(|s| s.0).collect(),
         expire: cfg.queue.expire.0,
+        delay_warning: cfg.queue.delay_warning.0,
         concurrency: cfg.queue.concurrency,
         content_after_delivery: cfg.retention.content_after_delivery.0,
         metadata_retention: cfg.retention.metadata.0,

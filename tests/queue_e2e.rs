@@ -726,6 +726,72 @@ fn always_deferred_expires_with_dsn_unless_notify_never() {
     assert!(!all[0].text().contains("b@r3.test"));
 }
 
+/// NOTIFY=DELAY (and no NOTIFY, RFC 3461's default) gets one "delayed" DSN once a
+/// message has waited `delay_warning`, with Will-Retry-Until, however many retries follow;
+/// NOTIFY=FAILURE gets none. The final "failed" DSN still comes at expiry.
+#[test]
+fn delay_warning_sends_one_delayed_dsn_unless_notify_excludes_delay() {
+    let Some((dir, ca, tls)) = setup() else {
+        return;
+    };
+    let rx = Rx::start(
+        Some(tls.clone()),
+        Arc::new(|_, _| "451 4.3.2 system not accepting messages".into()),
+    );
+    let sender_rx = Rx::accept_all(tls);
+    let gw = Gw::start(
+        dir,
+        &ca,
+        &[("r5.test", rx.port), ("s.test", sender_rx.port)],
+        "retry = [\"1s\"]\nexpire = \"9s\"\ndelay_warning = \"2s\"",
+    );
+    let a = gw.submit("ehr@s.test", &["a@r5.test"], &[], &message("a", "one"));
+    let b = gw.submit(
+        "ehr@s.test",
+        &["b@r5.test"],
+        &["NOTIFY=FAILURE"],
+        &message("b", "two"),
+    );
+    let delayed = sender_rx.wait_messages(1, Duration::from_secs(10));
+    assert_eq!(delayed.len(), 1, "no delayed DSN:\n{}", gw.gw.log());
+    let text = delayed[0].text();
+    assert_dsn_shape(&delayed[0], "ehr@s.test");
+    assert!(text.contains(&a), "{text}");
+    assert!(
+        text.contains("Subject: Delayed Mail (still being retried)"),
+        "{text}"
+    );
+    assert!(text.contains("Action: delayed"), "{text}");
+    assert!(text.contains("Status: 4.3.2"), "{text}");
+    assert!(text.contains("Will-Retry-Until: "), "{text}");
+    assert!(
+        !text.contains("b@r5.test"),
+        "NOTIFY=FAILURE got a delay notice: {text}"
+    );
+    // Still retried after the notice, and no second notice.
+    let v = gw.wait_show(&a, Duration::from_secs(15), |v| state(v, 0) == "expired");
+    assert!(attempts(&v, 0) >= 4, "{v:#}");
+    gw.wait_show(&b, Duration::from_secs(5), |v| state(v, 0) == "expired");
+    let all = sender_rx.wait_messages(3, Duration::from_secs(10));
+    let kinds: Vec<(bool, bool)> = all
+        .iter()
+        .map(|m| {
+            let t = m.text();
+            (t.contains("Action: delayed"), t.contains("Action: failed"))
+        })
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| k.0).count(),
+        1,
+        "delayed DSNs: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| k.1).count(),
+        2,
+        "failed DSNs (a and b): {kinds:?}"
+    );
+}
+
 /// Case 4: a bounce of a null-sender message generates no DSN (no bounce loops).
 #[test]
 fn null_sender_bounce_generates_no_dsn() {

@@ -18,6 +18,8 @@ pub struct DsnRecipient {
     pub status: String,
     /// The remote reply or local reason.
     pub diagnostic: String,
+    /// For `delayed`: unix seconds until which delivery is retried.
+    pub retry_until: Option<u64>,
 }
 
 /// Build the DSN message for `original` (sent to its envelope sender).
@@ -28,23 +30,35 @@ pub fn build(
     rcpts: &[DsnRecipient],
 ) -> std::io::Result<Vec<u8>> {
     let failed = rcpts.iter().any(|r| r.action == "failed");
+    let delayed = rcpts.iter().any(|r| r.action == "delayed");
     let subject = if failed {
         "Undelivered Mail Returned to Sender"
+    } else if delayed {
+        "Delayed Mail (still being retried)"
     } else {
         "Delivery Status Notification"
     };
-    let mut human = format!(
-        "This is the mail system at host {reporting_host}.\r\n\r\n\
-         Your message with phigate ID {original_id} could not be delivered to every recipient,\r\n\
-         or you asked to be told about its delivery. Details for each recipient follow.\r\n\
-         For your privacy the message content is not returned.\r\n\r\n"
-    );
-    if !failed {
-        human = format!(
+    let human = if failed {
+        format!(
+            "This is the mail system at host {reporting_host}.\r\n\r\n\
+             Your message with phigate ID {original_id} could not be delivered to every recipient,\r\n\
+             or you asked to be told about its delivery. Details for each recipient follow.\r\n\
+             For your privacy the message content is not returned.\r\n\r\n"
+        )
+    } else if delayed {
+        format!(
+            "This is the mail system at host {reporting_host}.\r\n\r\n\
+             Your message with phigate ID {original_id} has not been delivered yet to the\r\n\
+             recipients below. It is still being retried; you do not need to send it again.\r\n\
+             You will be told if it finally fails.\r\n\r\n"
+        )
+    } else {
+        format!(
             "This is the mail system at host {reporting_host}.\r\n\r\n\
              Your message with phigate ID {original_id} was delivered as follows.\r\n\r\n"
-        );
-    }
+        )
+    };
+    let mut human = human;
     for r in rcpts {
         human.push_str(&format!(
             "<{}>: {} ({}): {}\r\n",
@@ -82,6 +96,9 @@ pub fn build(
             r.status,
             one_line(&r.diagnostic)
         ));
+        if let Some(until) = r.retry_until.and_then(rfc2822) {
+            status.push_str(&format!("Will-Retry-Until: {until}\r\n"));
+        }
     }
     let report = MimePart::new(
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
@@ -105,6 +122,13 @@ pub fn build(
         )
         .body(report)
         .write_to_vec()
+}
+
+fn rfc2822(secs: u64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc2822)
+        .ok()
 }
 
 fn one_line(s: &str) -> String {
@@ -163,6 +187,7 @@ mod tests {
                 action: "failed",
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 no such user".into(),
+                retry_until: None,
             }],
         )
         .unwrap();

@@ -102,6 +102,9 @@ pub struct QueueSettings {
     pub retry: Vec<u64>,
     /// Seconds after acceptance at which a deferred recipient expires and bounces.
     pub expire: u64,
+    /// Seconds after acceptance at which a still-deferred recipient's sender is told
+    /// once (a "delayed" DSN); 0 = never.
+    pub delay_warning: u64,
     /// Concurrent delivery attempts.
     pub concurrency: usize,
     /// Seconds after the last recipient is final before content is crypto-shredded.
@@ -524,6 +527,7 @@ impl Queue {
             action,
             status,
             diagnostic: text.clone(),
+            retry_until: (action == "delayed").then_some(received_at + self.settings.expire),
         };
         match kind {
             0 => {
@@ -560,8 +564,15 @@ impl Queue {
                     next_attempt: next,
                     reason: text.clone(),
                 };
+                let warn = self.settings.delay_warning > 0
+                    && !s.delay_notified
+                    && notify.delay
+                    && !notify.never
+                    && now >= received_at + self.settings.delay_warning;
+                let delayed = warn.then(|| report("delayed", dsn::status_of(&text, "4.0.0")));
+                s.delay_notified |= warn;
                 s.last_error = Some(text);
-                None
+                delayed
             }
         }
     }
@@ -643,6 +654,7 @@ mod tests {
             hostname: "h".into(),
             retry: vec![300, 600, 3600],
             expire: 5 * 86400,
+            delay_warning: 0,
             concurrency: 1,
             content_after_delivery: 0,
             metadata_retention: 0,

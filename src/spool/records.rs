@@ -28,6 +28,9 @@ pub struct RecipientState {
     /// Unix seconds of the next attempt; only meaningful while queued or deferred.
     pub next_attempt: u64,
     pub history: Vec<Attempt>,
+    /// A "delayed" DSN (RFC 3464) went out for this recipient: it is sent once.
+    #[serde(default)]
+    pub delay_notified: bool,
 }
 
 impl RecipientState {
@@ -39,6 +42,7 @@ impl RecipientState {
             last_error: None,
             next_attempt,
             history: Vec::new(),
+            delay_notified: false,
         }
     }
 
