@@ -4,39 +4,7 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// GET `url` with urllib; returns (status, body).
-fn http_get(url: &str) -> (u16, String) {
-    let script = "import sys, urllib.request, urllib.error\n\
-try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=10); print(r.status); print(r.read().decode())\n\
-except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
-    let out = Command::new(PYTHON)
-        .args(["-c", script, url])
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
-    (
-        status
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("no status: {text} {:?}", out.stderr)),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample line starting with `series ` (name plus label set).
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 /// A gateway with `[metrics]` on a free port. The harness has no hook for extra
 /// sections, so the table rides after the `[delivery]` body it lets us set.
@@ -87,7 +55,7 @@ fn metrics_count_mail_and_never_show_phi() {
     let scrape = loop {
         let (status, body) = http_get(&format!("{base}/metrics"));
         assert_eq!(status, 200);
-        let done = sample(
+        let done = metric_sample(
             &body,
             "phigate_delivery_attempts_total{method=\"sandbox\",result=\"delivered\"}",
         );
@@ -96,7 +64,7 @@ fn metrics_count_mail_and_never_show_phi() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let s = |series: &str| sample(&scrape, series);
+    let s = |series: &str| metric_sample(&scrape, series);
     assert_eq!(
         s("phigate_connections_total{listener=\"smtps\"}"),
         Some(2.0),
@@ -187,7 +155,7 @@ fn auth_results_rcpt_refusals_and_connection_limits_are_counted() {
 
     let (status, scrape) = http_get(&format!("http://127.0.0.1:{port}/metrics"));
     assert_eq!(status, 200);
-    let s = |series: &str| sample(&scrape, series);
+    let s = |series: &str| metric_sample(&scrape, series);
     assert_eq!(
         s("phigate_auth_total{listener=\"smtps\",result=\"failure\"}"),
         Some(1.0),

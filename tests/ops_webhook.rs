@@ -6,64 +6,7 @@ mod common;
 use common::*;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone)]
-struct Received {
-    signature: String,
-    body: Vec<u8>,
-}
-
-/// A minimal HTTP/1.1 server: records each POST, answers 500 to the first, 200 after.
-fn hook_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind hook server");
-    let port = listener.local_addr().expect("addr").port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let got2 = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let (mut len, mut sig) = (0usize, String::new());
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if lower.starts_with("x-phigate-signature:") {
-                    sig = line["x-phigate-signature:".len()..].trim().to_string();
-                }
-            }
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let mut all = got2.lock().expect("lock");
-            let status = if all.is_empty() {
-                "500 Internal Server Error"
-            } else {
-                "200 OK"
-            };
-            all.push(Received {
-                signature: sig,
-                body,
-            });
-            drop(all);
-            let _ = stream.write_all(
-                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
-        }
-    });
-    (port, got)
-}
 
 fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("hmac key");
@@ -76,7 +19,14 @@ fn outcomes_are_posted_signed_and_retried_after_a_500() {
     if !require_tool(PYTHON) {
         return;
     }
-    let (port, got) = hook_server();
+    // 500 to the first POST, 200 after: the event must come again.
+    let (port, got) = http_receiver(|n| {
+        if n == 0 {
+            "500 Internal Server Error"
+        } else {
+            "200 OK"
+        }
+    });
     let secrets = tempfile::tempdir().expect("tempdir");
     let secret_file = secrets.path().join("hook.secret");
     std::fs::write(&secret_file, "s3cret-shared-with-the-ehr\n").expect("secret");
@@ -120,15 +70,13 @@ fn outcomes_are_posted_signed_and_retried_after_a_500() {
     assert_eq!(all.len(), 2, "a 200 must stop the retries: {all:?}");
     assert_eq!(all[0].body, all[1].body, "the retry carries the same event");
     for r in &all {
+        let signature = r.header("X-Phigate-Signature").unwrap_or_default();
         let want = format!(
             "sha256={}",
             hmac_hex(b"s3cret-shared-with-the-ehr", &r.body)
         );
-        assert_eq!(r.signature, want, "bad signature");
-        assert_ne!(
-            r.signature,
-            format!("sha256={}", hmac_hex(b"wrong", &r.body))
-        );
+        assert_eq!(signature, want, "bad signature");
+        assert_ne!(signature, format!("sha256={}", hmac_hex(b"wrong", &r.body)));
     }
     let body = String::from_utf8_lossy(&all[0].body).to_string();
     let v: serde_json::Value = serde_json::from_str(&body).expect("json payload");

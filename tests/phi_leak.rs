@@ -30,11 +30,9 @@ mod common;
 use base64::Engine;
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SUBJECT: &str = "Qz7SubjCanary4Kp";
@@ -256,80 +254,6 @@ fn capture(port: u16, file: &Path, errlog: &Path) -> Option<Proc> {
     None
 }
 
-/// GET `url` with Python's urllib; returns the status and the whole response (status
-/// line, headers and body) as urllib saw it.
-fn http_get(url: &str) -> (u16, String) {
-    let script = "import sys, urllib.request, urllib.error\n\
-try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=10)\n\
-except urllib.error.HTTPError as e:\n    r = e\n\
-print(r.status); print(r.headers); print(r.read().decode())\n";
-    let out = Command::new(PYTHON)
-        .args(["-c", script, url])
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let status = text.lines().next().unwrap_or_default().trim().parse();
-    let status = status.unwrap_or_else(|_| {
-        panic!(
-            "GET {url}: no status: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (status, text)
-}
-
-/// The value of the exposition line starting with `series ` (name plus label set).
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// One POST as the webhook receiver got it.
-#[derive(Debug, Clone)]
-struct Post {
-    head: String,
-    body: Vec<u8>,
-}
-
-/// A minimal HTTP/1.1 receiver on loopback: records every request (request line,
-/// headers, body) and answers 200.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Post>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook receiver");
-    let port = listener.local_addr().expect("addr").port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let got2 = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let (mut head, mut len) = (String::new(), 0usize);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            got2.lock().expect("lock").push(Post { head, body });
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
-}
-
 /// A real syslog peer: `rsyslogd` in the foreground with its own configuration,
 /// receiving RFC 5424 over UDP on loopback and writing each message, with the fields it
 /// parsed, to `out`. None when rsyslogd is missing or cannot start here (a failure under
@@ -422,7 +346,7 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     unit_sends_output_to_the_journal();
     let work = tempfile::tempdir().expect("tempdir");
     let syslog = rsyslog(work.path());
-    let (hook_port, posts) = webhook_receiver();
+    let (hook_port, posts) = http_receiver(|_| "200 OK");
     let hook_secret = work.path().join("hook.secret");
     std::fs::write(&hook_secret, "leak-test-hook-secret\n").expect("hook secret");
     let metrics_port = free_port();
@@ -657,7 +581,7 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     let base = format!("http://127.0.0.1:{metrics_port}");
     let (status, scrape) = http_get(&format!("{base}/metrics"));
     assert_eq!(status, 200, "{scrape}");
-    let count = |series: &str| sample(&scrape, series).unwrap_or(0.0);
+    let count = |series: &str| metric_sample(&scrape, series).unwrap_or(0.0);
     assert!(
         count("phigate_messages_total{outcome=\"accepted\",reason=\"accept\"}") >= 1.0
             && count("phigate_outcomes_total{event=\"delivered\"}") >= 1.0

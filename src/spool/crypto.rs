@@ -100,29 +100,15 @@ fn wrap_aad(msg: &MessageId, kek_id: &str, dk_id: &[u8]) -> Vec<u8> {
     aad
 }
 
+const HEADER_LEN: usize = 2 + DK_ID_LEN + NONCE_LEN;
+
 /// Seal `plaintext` as a record of `kind` belonging to message `msg`.
 pub fn seal(dk: &DataKey, msg: &MessageId, kind: RecordKind, plaintext: &[u8]) -> Vec<u8> {
-    let nonce = random_nonce();
-    let aad = record_aad(msg, kind, &dk.id);
-    // Encryption with a valid 32-byte key and 12-byte nonce only fails for inputs
-    // beyond AES-GCM's ~64 GB limit, far above any SMTP size limit.
-    let ct = dk
-        .cipher()
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(2 + DK_ID_LEN + NONCE_LEN + ct.len());
-    out.push(VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&dk.id);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    out
+    // Room for header and tag up front: sealing in place never reallocates, so no
+    // stray plaintext copy is left behind in freed memory.
+    let mut buf = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
+    buf.extend_from_slice(plaintext);
+    seal_owned(dk, msg, kind, buf)
 }
 
 /// [`seal`] in place: the ciphertext takes over `plaintext`'s buffer.
@@ -131,7 +117,8 @@ pub fn seal_owned(dk: &DataKey, msg: &MessageId, kind: RecordKind, plaintext: Ve
     let nonce = random_nonce();
     let aad = record_aad(msg, kind, &dk.id);
     let mut buf = plaintext;
-    // As in `seal`: fails only beyond AES-GCM's ~64 GB limit; never return plaintext.
+    // Encryption with a valid 32-byte key and 12-byte nonce only fails for inputs beyond
+    // AES-GCM's ~64 GB limit, far above any SMTP size limit; never return plaintext.
     if dk
         .cipher()
         .encrypt_in_place(Nonce::from_slice(&nonce), &aad, &mut buf)
@@ -139,13 +126,23 @@ pub fn seal_owned(dk: &DataKey, msg: &MessageId, kind: RecordKind, plaintext: Ve
     {
         return Vec::new();
     }
-    let mut header = Vec::with_capacity(2 + DK_ID_LEN + NONCE_LEN);
+    let mut header = Vec::with_capacity(HEADER_LEN);
     header.push(VERSION);
     header.push(kind as u8);
     header.extend_from_slice(&dk.id);
     header.extend_from_slice(&nonce);
     buf.splice(0..0, header);
     buf
+}
+
+/// Open a record sealed by [`seal`]; any mismatch of message, kind, key or bytes is `Auth`.
+pub fn open(
+    dk: &DataKey,
+    msg: &MessageId,
+    kind: RecordKind,
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    open_owned(dk, msg, kind, blob.to_vec())
 }
 
 /// [`open`] in place: the plaintext reuses `blob`'s buffer, so a large message is never
@@ -157,8 +154,7 @@ pub fn open_owned(
     mut blob: Vec<u8>,
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     use aes_gcm::aead::AeadInPlace;
-    let header = 2 + DK_ID_LEN + NONCE_LEN;
-    if blob.len() < header + 16
+    if blob.len() < HEADER_LEN + 16
         || blob[0] != VERSION
         || blob[1] != kind as u8
         || blob[2..2 + DK_ID_LEN] != dk.id
@@ -166,43 +162,14 @@ pub fn open_owned(
         return Err(CryptoError::Auth);
     }
     let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&blob[2 + DK_ID_LEN..header]);
-    blob.drain(..header);
+    nonce.copy_from_slice(&blob[2 + DK_ID_LEN..HEADER_LEN]);
+    blob.drain(..HEADER_LEN);
     let mut blob = Zeroizing::new(blob);
     let aad = record_aad(msg, kind, &dk.id);
     dk.cipher()
         .decrypt_in_place(Nonce::from_slice(&nonce), &aad, &mut *blob)
         .map_err(|_| CryptoError::Auth)?;
     Ok(blob)
-}
-
-/// Open a record sealed by [`seal`]; any mismatch of message, kind, key or bytes is `Auth`.
-pub fn open(
-    dk: &DataKey,
-    msg: &MessageId,
-    kind: RecordKind,
-    blob: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let header = 2 + DK_ID_LEN + NONCE_LEN;
-    if blob.len() < header + 16
-        || blob[0] != VERSION
-        || blob[1] != kind as u8
-        || blob[2..2 + DK_ID_LEN] != dk.id
-    {
-        return Err(CryptoError::Auth);
-    }
-    let nonce = &blob[2 + DK_ID_LEN..header];
-    let aad = record_aad(msg, kind, &dk.id);
-    dk.cipher()
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: &blob[header..],
-                aad: &aad,
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| CryptoError::Auth)
 }
 
 /// Wrap a data key for message `msg` under master key `kek`.

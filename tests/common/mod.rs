@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod http;
+#[allow(unused_imports)]
+pub use http::{http_get, http_receiver, metric_sample, Post};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_phigate");
 pub const HOSTNAME: &str = "gw.phigate.test";
 pub const PASSWORD: &str = "correct horse battery";
