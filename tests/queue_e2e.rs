@@ -653,13 +653,10 @@ fn permanent_failure_bounces_one_recipient_and_dsn_has_no_content() {
     assert_eq!(sender_rx.messages().len(), 1, "more than one DSN");
 }
 
-/// Case 3: always 451. After `expire` both recipients are expired; the default-NOTIFY
-/// one gets a 4.4.7 DSN, the NOTIFY=NEVER one gets none.
-#[test]
-fn always_deferred_expires_with_dsn_unless_notify_never() {
-    let Some((dir, ca, tls)) = setup() else {
-        return;
-    };
+/// A gateway routing `domain` to a receiver that answers every RCPT with 451, and
+/// `s.test` (the sender's domain, where DSNs go) to one that accepts everything.
+fn always_451(domain: &str, queue: &str) -> Option<(Gw, Rx, Rx)> {
+    let (dir, ca, tls) = setup()?;
     let rx = Rx::start(
         Some(tls.clone()),
         Arc::new(|_, _| "451 4.3.2 system not accepting messages".into()),
@@ -668,9 +665,19 @@ fn always_deferred_expires_with_dsn_unless_notify_never() {
     let gw = Gw::start(
         dir,
         &ca,
-        &[("r3.test", rx.port), ("s.test", sender_rx.port)],
-        QUEUE,
+        &[(domain, rx.port), ("s.test", sender_rx.port)],
+        queue,
     );
+    Some((gw, rx, sender_rx))
+}
+
+/// Case 3: always 451. After `expire` both recipients are expired; the default-NOTIFY
+/// one gets a 4.4.7 DSN, the NOTIFY=NEVER one gets none.
+#[test]
+fn always_deferred_expires_with_dsn_unless_notify_never() {
+    let Some((gw, _rx, sender_rx)) = always_451("r3.test", QUEUE) else {
+        return;
+    };
     let a = gw.submit("ehr@s.test", &["a@r3.test"], &[], &message("a", "one"));
     let b = gw.submit(
         "ehr@s.test",
@@ -731,20 +738,10 @@ fn always_deferred_expires_with_dsn_unless_notify_never() {
 /// NOTIFY=FAILURE gets none. The final "failed" DSN still comes at expiry.
 #[test]
 fn delay_warning_sends_one_delayed_dsn_unless_notify_excludes_delay() {
-    let Some((dir, ca, tls)) = setup() else {
+    let queue = "retry = [\"1s\"]\nexpire = \"9s\"\ndelay_warning = \"2s\"";
+    let Some((gw, _rx, sender_rx)) = always_451("r5.test", queue) else {
         return;
     };
-    let rx = Rx::start(
-        Some(tls.clone()),
-        Arc::new(|_, _| "451 4.3.2 system not accepting messages".into()),
-    );
-    let sender_rx = Rx::accept_all(tls);
-    let gw = Gw::start(
-        dir,
-        &ca,
-        &[("r5.test", rx.port), ("s.test", sender_rx.port)],
-        "retry = [\"1s\"]\nexpire = \"9s\"\ndelay_warning = \"2s\"",
-    );
     let a = gw.submit("ehr@s.test", &["a@r5.test"], &[], &message("a", "one"));
     let b = gw.submit(
         "ehr@s.test",
