@@ -377,6 +377,10 @@ pub struct SpoolConfig {
     /// Create the keyring on first start if it is missing (sandbox only).
     #[serde(default)]
     pub generate_key: bool,
+    /// Free space the spool's file system must keep: a message that would leave less is
+    /// refused with 452 4.3.1 before anything is written (as Postfix's queue_minfree).
+    #[serde(default = "defaults::min_free")]
+    pub min_free: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -529,6 +533,9 @@ mod defaults {
     }
     pub fn concurrency() -> usize {
         50
+    }
+    pub fn min_free() -> ByteSize {
+        ByteSize(100 * 1024 * 1024)
     }
     /// As sendmail's `Timeout.queuewarn`.
     pub fn delay_warning() -> Seconds {

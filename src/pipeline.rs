@@ -14,7 +14,7 @@ use crate::webhook::Outcome;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use tracing::info;
+use tracing::{info, warn};
 
 /// A complete message as received, with the Received header already prepended.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub trait Handoff: Send + Sync + 'static {
 pub struct Pipeline {
     queue: Arc<Queue>,
     policy: RwLock<Arc<Policy>>,
+    /// Free bytes the spool's file system must keep after a message (`[spool] min_free`).
+    min_free: std::sync::atomic::AtomicU64,
 }
 
 /// What the policy step decided, with the (possibly edited) content.
@@ -92,6 +94,32 @@ impl Pipeline {
         Pipeline {
             queue,
             policy: RwLock::new(Arc::new(policy)),
+            min_free: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Refuse messages (452 4.3.1) that would leave less than `bytes` free on the spool's
+    /// file system, before anything is written: a full disk never reaches the store.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.min_free
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_room(&self, size: usize) -> Result<(), PipelineError> {
+        let min = self.min_free.load(std::sync::atomic::Ordering::Relaxed);
+        match self.queue.spool().free_bytes() {
+            Some(free) if free < min.saturating_add(size as u64) => {
+                warn!(
+                    free_mb = free / (1024 * 1024),
+                    min_free_mb = min / (1024 * 1024),
+                    "spool file system nearly full: refusing mail with 452"
+                );
+                Err(PipelineError::Spool(SpoolError::Io(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "spool file system below min_free",
+                ))))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -211,6 +239,7 @@ impl Pipeline {
     /// The submission proper; also returns the enforced action for metrics.
     async fn submit_inner(&self, sub: Submission) -> Result<(Reply, Action), PipelineError> {
         let id = sub.id;
+        self.check_room(sub.content.len())?;
         let mut v = self.decide(sub).await?;
         // Handed to the spool by value (encrypted in its own buffer).
         let content = std::mem::take(&mut v.content);

@@ -169,6 +169,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         queue.set_webhooks(hooks);
     }
     let pipeline = Arc::new(Pipeline::new(queue.clone(), load_policy(&cfg)?));
+    pipeline.set_min_free(cfg.spool.min_free.0);
     let handoff: Arc<dyn Handoff> = pipeline.clone();
     let limiter = Arc::new(FailureLimiter::new(
         cfg.auth.max_failures,
@@ -472,6 +473,7 @@ fn reload(
     let policy = load_policy(&new)?;
     tls.reload(&new.tls)?;
     pipeline.set_policy(policy);
+    pipeline.set_min_free(new.spool.min_free.0);
     *shared.write().unwrap_or_else(|p| p.into_inner()) = new_shared;
     let restart_needed = new.listeners.len() != current.listeners.len()
         || new

@@ -288,3 +288,39 @@ fn plaintext_pipelined_after_starttls_is_discarded_and_state_resets() {
     assert_eq!(t.line(5), "250 2.1.0 Ok");
     assert_eq!(t.line(6), "503 5.5.1 TLS already active");
 }
+
+/// A spool file system below `[spool] min_free` refuses the message with 452 4.3.1 at
+/// the end of DATA, before anything is written; the session stays usable.
+#[test]
+fn spool_below_min_free_refuses_with_452_and_writes_nothing() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let gw = Gateway::start(GwOpts {
+        // More than any disk here has free.
+        spool_extra: "min_free = \"1000000GB\"\n".into(),
+        ..GwOpts::default()
+    });
+    let t = py(gw.peer(
+        "smtps",
+        vec![
+            send("EHLO ehr.clinic.test\r\n"),
+            send_n(
+                "MAIL FROM:<sender@clinic.test>\r\nRCPT TO:<patient@example.net>\r\nDATA\r\n",
+                3,
+            ),
+            send("Subject: lab results\r\n\r\nhello\r\n.\r\n"),
+            send("NOOP\r\n"),
+        ],
+    ));
+    assert_eq!(
+        t.steps[2].replies[0].last(),
+        "452 4.3.1 Insufficient system storage, try again later",
+        "{:?}",
+        t.raw
+    );
+    assert_eq!(t.line(3), "250 2.0.0 Ok", "{:?}", t.raw);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.messages().is_empty(), "a refused message was delivered");
+    assert!(gw.log().contains("nearly full"), "{}", gw.log());
+}

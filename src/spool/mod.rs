@@ -115,6 +115,8 @@ pub struct Spool {
     store: Arc<dyn Store>,
     keyring: RwLock<Arc<Keyring>>,
     commit: GroupCommit,
+    /// The directory on disk, for free-space checks (None for other stores).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -137,7 +139,14 @@ impl Spool {
     /// messages need keys the keyring lacks, or a key's bytes differ from the one used.
     pub fn open(dir: &Path, keyring: Keyring) -> Result<Spool, SpoolError> {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
-        Self::with_store(store, keyring)
+        let mut spool = Self::with_store(store, keyring)?;
+        spool.dir = Some(dir.to_path_buf());
+        Ok(spool)
+    }
+
+    /// Bytes available to phigate on the spool's file system (None if unknown).
+    pub fn free_bytes(&self) -> Option<u64> {
+        free_bytes(self.dir.as_deref()?)
     }
 
     /// Open over any storage engine.
@@ -148,6 +157,7 @@ impl Spool {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
             commit: GroupCommit::default(),
+            dir: None,
         })
     }
 
@@ -789,6 +799,23 @@ impl Spool {
         )])?;
         self.durable().await
     }
+}
+
+/// statvfs(2): blocks available to unprivileged users times the fragment size.
+// The fields are u32 on some targets, u64 on this one.
+#[allow(clippy::useless_conversion)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer for one statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
 fn key_usage(store: &dyn Store) -> Result<BTreeMap<String, u64>, SpoolError> {

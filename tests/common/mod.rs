@@ -271,6 +271,8 @@ pub struct GwOpts {
     pub delivery: Option<String>,
     /// Policy file text: written to `<tmp>/policy.toml` and named by `[policy] file`.
     pub policy: Option<String>,
+    /// Extra `[spool]` lines.
+    pub spool_extra: String,
 }
 
 impl Default for GwOpts {
@@ -289,6 +291,7 @@ impl Default for GwOpts {
             log_level: "info",
             delivery: None,
             policy: None,
+            spool_extra: String::new(),
         }
     }
 }
@@ -358,6 +361,7 @@ impl Gateway {
             opts.delivery.as_deref().unwrap_or("mode = \"sandbox\"\n"),
             tmp.path().join("master.keys").display()
         );
+        cfg += &opts.spool_extra;
         if let Some(text) = &opts.policy {
             let p = tmp.path().join("policy.toml");
             std::fs::write(&p, text).expect("write policy");
