@@ -171,8 +171,11 @@ fn full_disk_gives_452_and_recovers_without_restart() {
     }
     let _unmount = Unmount(mnt.path().to_path_buf());
     let data = mnt.path().join("data");
+    // min_free off: this test drives the store itself into ENOSPC (the min_free refusal
+    // is tested in ingress_rejections.rs).
     let mut gw = Gateway::new(Opts {
         data_dir: Some(data.clone()),
+        min_free: Some("0"),
         ..Opts::default()
     });
     std::fs::create_dir_all(&data).expect("data dir");

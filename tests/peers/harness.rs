@@ -44,6 +44,8 @@ pub struct Opts {
     pub generate_key: bool,
     /// Where `data_dir` is; default `<tmp>/data`.
     pub data_dir: Option<PathBuf>,
+    /// `spool.min_free`; default phigate's own.
+    pub min_free: Option<&'static str>,
 }
 
 impl Default for Opts {
@@ -52,6 +54,7 @@ impl Default for Opts {
             keep_content: "0s",
             generate_key: true,
             data_dir: None,
+            min_free: None,
         }
     }
 }
@@ -96,6 +99,7 @@ mode = "sandbox"
 [spool]
 key_file = "{keys}"
 generate_key = {gen}
+{min_free}
 [queue]
 retry = ["1s"]
 [retention]
@@ -105,6 +109,10 @@ content_after_delivery = "{keep}"
             dir = dir.display(),
             keys = key_file.display(),
             gen = opts.generate_key,
+            min_free = opts
+                .min_free
+                .map(|m| format!("min_free = \"{m}\""))
+                .unwrap_or_default(),
             keep = opts.keep_content,
         );
         std::fs::write(&config, text).expect("write config");
