@@ -631,24 +631,9 @@ impl Spool {
 
     /// [`Spool::shred`] with `attach` in the same atomic write (admin delete).
     pub async fn shred_with(&self, id: &MessageId, attach: &dyn Attach) -> Result<(), SpoolError> {
-        let key = id_bytes(id);
-        let (mut summary, _) = self.row(id)?;
-        let mut ops = vec![
-            Op::Delete(Tree::Wraps, key.to_vec()),
-            Op::Delete(Tree::Messages, key.to_vec()),
-            Op::Delete(Tree::Envelopes, key.to_vec()),
-            Op::Delete(Tree::Quarantine, key.to_vec()),
-        ];
-        if let Some(at) = summary.scheduled.take() {
-            ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &key)));
-        }
-        summary.shredded_at.get_or_insert(now_secs());
-        ops.push(Op::Put(
-            Tree::Queue,
-            key.to_vec(),
-            encode_queue_row(&summary, &[]),
-        ));
-        self.commit_attached(ops, attach).await
+        let (summary, _) = self.row(id)?;
+        self.commit_attached(shred_ops(id, summary, now_secs()), attach)
+            .await
     }
 
     /// Record the final recipient states and crypto-shred the content in one atomic,
@@ -659,7 +644,6 @@ impl Spool {
         states: &[RecipientState],
         attach: &dyn Attach,
     ) -> Result<(), SpoolError> {
-        let key = id_bytes(id);
         let (mut summary, _) = self.row(id)?;
         if summary.recipients.len() != states.len() {
             return Err(SpoolError::RecipientCount {
@@ -668,28 +652,17 @@ impl Spool {
                 got: states.len(),
             });
         }
-        let mut ops = vec![
-            Op::Delete(Tree::Wraps, key.to_vec()),
-            Op::Delete(Tree::Messages, key.to_vec()),
-            Op::Delete(Tree::Envelopes, key.to_vec()),
-            Op::Delete(Tree::Quarantine, key.to_vec()),
-        ];
-        if let Some(at) = summary.scheduled.take() {
-            ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &key)));
-        }
+        let scheduled = summary.scheduled;
         let now = now_secs();
         summary.update_from(states, now);
         if !summary.is_finished() {
             // Not final after all: keep it scheduled and keep the content.
             return self.set_recipients_with(id, states, attach).await;
         }
-        summary.shredded_at.get_or_insert(now);
-        ops.push(Op::Put(
-            Tree::Queue,
-            key.to_vec(),
-            encode_queue_row(&summary, &[]),
-        ));
-        self.commit_attached(ops, attach).await
+        // The schedule entry to remove is the one written before this update.
+        summary.scheduled = scheduled;
+        self.commit_attached(shred_ops(id, summary, now), attach)
+            .await
     }
 
     /// Retention: remove every trace of messages finished before `cutoff` (unix secs),
@@ -799,6 +772,31 @@ impl Spool {
         )])?;
         self.durable().await
     }
+}
+
+/// The writes that crypto-shred `id`: its data key, content, envelope, quarantine entry
+/// and schedule entry go; its clear summary stays, marked shredded at `now`.
+fn shred_ops(id: &MessageId, mut summary: QueueSummary, now: u64) -> Vec<Op> {
+    let key = id_bytes(id);
+    let mut ops: Vec<Op> = [
+        Tree::Wraps,
+        Tree::Messages,
+        Tree::Envelopes,
+        Tree::Quarantine,
+    ]
+    .into_iter()
+    .map(|t| Op::Delete(t, key.to_vec()))
+    .collect();
+    if let Some(at) = summary.scheduled.take() {
+        ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &key)));
+    }
+    summary.shredded_at.get_or_insert(now);
+    ops.push(Op::Put(
+        Tree::Queue,
+        key.to_vec(),
+        encode_queue_row(&summary, &[]),
+    ));
+    ops
 }
 
 /// statvfs(2): blocks available to unprivileged users times the fragment size.
