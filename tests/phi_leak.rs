@@ -74,45 +74,7 @@ action = "quarantine"
 detectors = ["card"]
 "#;
 
-/// Every form a canary could take in a log or file: raw, lower and upper case, base64
-/// at the three byte alignments (only the characters that depend on the canary alone),
-/// hex, and quoted-printable.
-fn forms(canary: &str) -> Vec<(String, Vec<u8>)> {
-    let raw = canary.as_bytes();
-    let mut out = vec![
-        ("raw".to_string(), raw.to_vec()),
-        ("lower".into(), canary.to_lowercase().into_bytes()),
-        ("upper".into(), canary.to_uppercase().into_bytes()),
-        ("hex".into(), hex::encode(raw).into_bytes()),
-        ("HEX".into(), hex::encode_upper(raw).into_bytes()),
-        ("qp".into(), quoted_printable(raw).into_bytes()),
-    ];
-    for k in 0..3 {
-        let mut padded = vec![b'\0'; k];
-        padded.extend_from_slice(raw);
-        let enc = base64::engine::general_purpose::STANDARD.encode(&padded);
-        let start = if k == 0 { 0 } else { 4 };
-        let end = padded.len() / 3 * 4;
-        out.push((format!("base64@{k}"), enc.as_bytes()[start..end].to_vec()));
-    }
-    out
-}
-
-fn quoted_printable(b: &[u8]) -> String {
-    b.iter()
-        .map(|&c| {
-            if c.is_ascii_alphanumeric() || c == b'-' {
-                (c as char).to_string()
-            } else {
-                format!("={c:02X}")
-            }
-        })
-        .collect()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
+use common::canary::{contains, forms};
 
 /// Which canaries (name, form) occur in `hay`.
 fn leaks(hay: &[u8], canaries: &[(&str, &str)]) -> Vec<String> {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod canary;
 pub mod http;
 #[allow(unused_imports)]
 pub use http::{http_get, http_receiver, metric_sample, Post};
