@@ -193,6 +193,17 @@ pub struct ListenerConfig {
     pub auth: Vec<AuthMethod>,
 }
 
+impl ListenerConfig {
+    /// `NAME ADDR MODE`, as `check-config` and `phigate status` print it.
+    pub fn describe(&self) -> String {
+        let mode = match self.tls {
+            TlsMode::Implicit => "implicit-tls",
+            TlsMode::Starttls => "starttls",
+        };
+        format!("{} {} {mode}", self.name, self.addr)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum TlsVersion {
     #[serde(rename = "1.2")]
@@ -244,22 +255,7 @@ pub enum DeliveryMode {
     Smarthost,
 }
 
-/// Outbound TLS requirement. TLS itself is never optional; the levels differ in how the
-/// peer is authenticated. Ordered from weakest to strongest for "raise to at least".
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsLevel {
-    /// DANE if the domain has DNSSEC-secure TLSA, else MTA-STS enforce, else `encrypt`.
-    Auto,
-    /// TLS 1.2+, certificate not authenticated.
-    Encrypt,
-    /// WebPKI chain and name (or DANE/MTA-STS when they apply).
-    Verify,
-    /// Only DANE-authenticated TLS.
-    DaneOnly,
-}
+use crate::types::TlsLevel;
 
 /// `implicit` (TLS from the first byte) or `starttls` for the smarthost connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -711,14 +707,21 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Read, parse and validate the file at `path`, including the files it names.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Read and parse the file at `path` without checking the files it names: commands
+    /// that only need paths or settings from it may run as a user that cannot read the
+    /// TLS key.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        let cfg = Config::from_str(&text, &file)?;
+        Config::from_str(&text, &file)
+    }
+
+    /// Read, parse and validate the file at `path`, including the files it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let cfg = Config::read(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -861,21 +864,7 @@ impl Config {
 
     /// One-line summary for `check-config`.
     pub fn summary(&self) -> String {
-        let listeners: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| {
-                format!(
-                    "{} {} {}",
-                    l.name,
-                    l.addr,
-                    match l.tls {
-                        TlsMode::Implicit => "implicit-tls",
-                        TlsMode::Starttls => "starttls",
-                    }
-                )
-            })
-            .collect();
+        let listeners: Vec<String> = self.listeners.iter().map(|l| l.describe()).collect();
         format!(
             "{}: ok: hostname {}, {} listener(s) [{}], delivery {:?}, data_dir {}",
             self.source,

@@ -9,11 +9,12 @@
 use crate::audit::{AuditEvent, Kind};
 use crate::config::Config;
 use crate::queue::{Queue, QueueError};
+use crate::services::Services;
 use crate::spool::{
     KeyInfo, Keyring, KeyringError, QuarantineEntry, QueueSummary, RecipientState, SpoolError,
     SpoolStats, StateTag,
 };
-use crate::types::{now_secs, Envelope, MessageId, Status};
+use crate::types::{Envelope, MessageId, Status};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Longest request line accepted (requests are small; this only bounds memory).
@@ -238,26 +239,29 @@ enum ActionError {
 }
 
 struct Control {
+    services: Services,
     queue: Arc<Queue>,
     cfg: Config,
     keys: Mutex<Vec<KeyInfo>>,
     started: Instant,
 }
 
-/// Bind the control socket (if configured) and serve it until `shutdown` turns true.
+/// Bind the control socket (if configured) and serve it until `shutdown` is cancelled.
 /// `keys` lists the keyring the spool was opened with. A stale socket left by a crash is
 /// replaced; one a live daemon still answers on is an error.
 pub async fn start(
     cfg: &Config,
+    services: Services,
     queue: Arc<Queue>,
     keys: Vec<KeyInfo>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<Option<JoinHandle<()>>, ControlError> {
     let Some(path) = cfg.server.control_socket.clone() else {
         return Ok(None);
     };
     let listener = bind(&path).await?;
     let ctl = Arc::new(Control {
+        services,
         queue,
         cfg: cfg.clone(),
         keys: Mutex::new(keys),
@@ -265,10 +269,6 @@ pub async fn start(
     });
     info!(socket = %path.display(), "control socket listening");
     Ok(Some(tokio::spawn(serve(ctl, listener, path, shutdown))))
-}
-
-fn a_current_key(queue: &Queue) -> String {
-    queue.spool().keyring().current().id().to_string()
 }
 
 async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
@@ -291,7 +291,7 @@ async fn serve(
     ctl: Arc<Control>,
     listener: UnixListener,
     path: PathBuf,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
@@ -301,9 +301,7 @@ async fn serve(
                 }
                 Err(e) => warn!(error = %e, "control socket accept failed"),
             },
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
-            }
+            _ = shutdown.cancelled() => break,
         }
     }
     let _ = std::fs::remove_file(&path);
@@ -402,10 +400,8 @@ impl Control {
         admin: &str,
         write: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Response {
-        if let Some(a) = self.queue.audit() {
-            a.flush_deferred();
-        }
-        let spool = self.queue.spool().clone();
+        self.services.audit.flush_deferred();
+        let spool = self.services.spool.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
         let format = if csv {
             crate::audit::Format::Csv
@@ -437,13 +433,11 @@ impl Control {
             Ok(Err(e)) => return Response::err(format!("audit export failed: {e}")),
             Err(e) => return Response::err(format!("audit export failed: {e}")),
         };
-        if let Some(a) = self.queue.audit() {
-            let ev = AuditEvent::new(Kind::Export)
-                .field("records", n)
-                .person("admin", admin);
-            if let Err(e) = a.record(vec![ev]).await {
-                return Response::err(format!("export done but not recorded in the trail: {e}"));
-            }
+        let ev = AuditEvent::new(Kind::Export)
+            .field("records", n)
+            .person("admin", admin);
+        if let Err(e) = self.services.audit.record(vec![ev]).await {
+            return Response::err(format!("export done but not recorded in the trail: {e}"));
         }
         info!(admin, records = n, "audit trail exported");
         Response::ok(&Count { count: n as usize })
@@ -458,9 +452,9 @@ impl Control {
             Request::QueueRetry { id } => self.retry(id, admin).await.map(|v| Response::ok(&v)),
             Request::QueueDelete { id } => self.delete(id, admin).await.map(|v| Response::ok(&v)),
             Request::QueueStats => self
-                .queue
-                .spool()
-                .stats(now_secs())
+                .services
+                .spool
+                .stats(self.services.now())
                 .map(|v| Response::ok(&Stats::from(v)))
                 .map_err(Into::into),
             Request::KeysList => self.key_rows().map(|v| Response::ok(&v)),
@@ -487,9 +481,7 @@ impl Control {
                     },
                     None => None,
                 };
-                let Some(audit) = self.queue.audit().cloned() else {
-                    return Response::err("the audit trail is not open".into());
-                };
+                let audit = self.services.audit.clone();
                 let res = tokio::task::spawn_blocking(move || {
                     audit
                         .verify_quiesced(external)
@@ -511,7 +503,7 @@ impl Control {
 
     fn list(&self, state: Option<StateTag>) -> Result<Vec<QueueItem>, ActionError> {
         let mut out = Vec::new();
-        for (id, s) in self.queue.spool().messages()? {
+        for (id, s) in self.services.spool.messages()? {
             if state.is_some_and(|want| !s.recipients.iter().any(|r| r.state == want)) {
                 continue;
             }
@@ -539,7 +531,7 @@ impl Control {
         body: bool,
         admin: &str,
     ) -> Result<MessageView, ActionError> {
-        let spool = self.queue.spool();
+        let spool = &self.services.spool;
         let summary = spool.summary(&id)?;
         let quarantine = spool
             .quarantined()?
@@ -562,10 +554,9 @@ impl Control {
         let (envelope, body_base64) = if body {
             let (env, content) = spool.load(&id)?;
             // Viewing content is an audited action, recorded before the body is returned.
-            if let Some(a) = self.queue.audit() {
-                a.record(vec![AuditEvent::admin(Kind::BodyViewed, admin, id)])
-                    .await?;
-            }
+            (self.services.audit)
+                .record(vec![AuditEvent::admin(Kind::BodyViewed, admin, id)])
+                .await?;
             info!(admin, msg_id = %id, "message content viewed (queue show --body)");
             (env, Some(B64.encode(&content)))
         } else {
@@ -583,7 +574,7 @@ impl Control {
 
     async fn retry(&self, id: Option<MessageId>, admin: &str) -> Result<Count, ActionError> {
         if let Some(id) = id {
-            self.queue.spool().summary(&id)?;
+            self.services.spool.summary(&id)?;
         }
         let count = self.queue.retry_now(id).await?;
         match id {
@@ -596,7 +587,7 @@ impl Control {
     /// Delete = every unfinished recipient becomes bounced (so metadata retention will
     /// purge the row later; no DSN is sent), then the content is crypto-shredded.
     async fn delete(&self, id: MessageId, admin: &str) -> Result<Count, ActionError> {
-        let spool = self.queue.spool();
+        let spool = &self.services.spool;
         let summary = spool.summary(&id)?;
         if summary.shredded_at.is_none() {
             let mut states = spool.recipients(&id)?;
@@ -609,19 +600,14 @@ impl Control {
                 spool.set_recipients(&id, &states).await?;
             }
         }
-        match self.queue.audit() {
-            Some(a) => {
-                let batch = a.batch(vec![AuditEvent::admin(Kind::Delete, admin, id)]);
-                spool.shred_with(&id, &batch).await?
-            }
-            None => spool.shred(&id).await?,
-        }
+        let batch = (self.services).attach(vec![AuditEvent::admin(Kind::Delete, admin, id)]);
+        spool.shred_with(&id, &batch).await?;
         info!(admin, msg_id = %id, "message deleted and crypto-shredded");
         Ok(Count { count: 1 })
     }
 
     fn key_rows(&self) -> Result<Vec<KeyRow>, ActionError> {
-        let usage = self.queue.spool().key_usage()?;
+        let usage = self.services.spool.key_usage()?;
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(keys
             .into_iter()
@@ -640,27 +626,18 @@ impl Control {
         let ring = load_ring(&self.cfg)?;
         let list = ring.list();
         let current = ring.current().id().to_string();
-        self.queue.spool().set_keyring(ring)?;
+        self.services.spool.set_keyring(ring)?;
         *self.keys.lock().unwrap_or_else(|p| p.into_inner()) = list;
-        if let Some(a) = self.queue.audit() {
-            a.record_now(AuditEvent::key(Kind::KeyRotate, admin, &current, None));
-        }
+        (self.services.audit).record_now(AuditEvent::key(Kind::KeyRotate, admin, &current, None));
         info!(admin, key_id = %current, "keyring reloaded");
         self.key_rows()
     }
 
     async fn rewrap(&self, admin: &str) -> Result<Count, ActionError> {
-        let count = self.queue.spool().rewrap().await?;
-        if let Some(a) = self.queue.audit() {
-            let current = a_current_key(&self.queue);
-            a.record(vec![AuditEvent::key(
-                Kind::KeyRewrap,
-                admin,
-                &current,
-                Some(count as u64),
-            )])
-            .await?;
-        }
+        let count = self.services.spool.rewrap().await?;
+        let current = self.services.spool.keyring().current().id().to_string();
+        let ev = AuditEvent::key(Kind::KeyRewrap, admin, &current, Some(count as u64));
+        self.services.audit.record(vec![ev]).await?;
         info!(
             admin,
             count, "data keys rewrapped under the current master key"
@@ -670,8 +647,8 @@ impl Control {
 
     fn quarantine_list(&self) -> Result<Vec<QuarantineRow>, ActionError> {
         Ok(self
-            .queue
-            .spool()
+            .services
+            .spool
             .quarantined()?
             .into_iter()
             .map(|(id, e)| QuarantineRow {
@@ -683,8 +660,8 @@ impl Control {
     }
 
     fn quarantined(&self, id: MessageId) -> Result<QuarantineEntry, ActionError> {
-        self.queue
-            .spool()
+        self.services
+            .spool
             .quarantined()?
             .into_iter()
             .find(|(q, _)| *q == id)
@@ -694,29 +671,19 @@ impl Control {
 
     async fn release(&self, id: MessageId, admin: &str) -> Result<Count, ActionError> {
         self.quarantined(id)?;
-        match self.queue.audit() {
-            Some(a) => {
-                let batch = a.batch(vec![AuditEvent::admin(Kind::Release, admin, id)]);
-                self.queue
-                    .spool()
-                    .release_with(&id, now_secs(), &batch)
-                    .await?
-            }
-            None => self.queue.spool().release(&id, now_secs()).await?,
-        }
+        let now = self.services.now();
+        let batch = (self.services).attach(vec![AuditEvent::admin(Kind::Release, admin, id)]);
+        self.services.spool.release_with(&id, now, &batch).await?;
         self.queue.wake();
-        if let Some(m) = self.queue.metrics() {
-            m.outcome("released");
-        }
-        if let Some(h) = self.queue.webhooks() {
-            h.notify(crate::webhook::Outcome {
-                id,
-                event: crate::config::WebhookEvent::Released,
-                rcpt_index: None,
-                addresses: Vec::new(),
-                at: now_secs(),
-            });
-        }
+        let event = crate::config::WebhookEvent::Released;
+        self.services.metrics.outcome(event.as_str());
+        self.services.webhooks.notify(crate::webhook::Outcome {
+            id,
+            event,
+            rcpt_index: None,
+            addresses: Vec::new(),
+            at: now,
+        });
         info!(admin, msg_id = %id, "quarantined message released");
         Ok(Count { count: 1 })
     }
@@ -730,26 +697,10 @@ impl Control {
             uptime_secs: self.started.elapsed().as_secs(),
             hostname: self.cfg.server.hostname.clone(),
             current_key,
-            stats: self.queue.spool().stats(now_secs())?.into(),
-            listeners: self
-                .cfg
-                .listeners
-                .iter()
-                .map(|l| {
-                    format!(
-                        "{} {} {}",
-                        l.name,
-                        l.addr,
-                        format!("{:?}", l.tls).to_lowercase()
-                    )
-                })
-                .collect(),
+            stats: self.services.spool.stats(self.services.now())?.into(),
+            listeners: self.cfg.listeners.iter().map(|l| l.describe()).collect(),
             key_ids: keys.iter().map(|k| k.id.clone()).collect(),
-            last_errors: self
-                .queue
-                .metrics()
-                .map(|m| m.last_errors())
-                .unwrap_or_default(),
+            last_errors: self.services.metrics.last_errors(),
         })
     }
 }

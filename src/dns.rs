@@ -211,6 +211,9 @@ pub fn load_trust_anchors(path: &Path) -> Result<TrustAnchors, DnsError> {
 
 /// Parses DNSKEY lines (`owner [ttl] [class] DNSKEY flags protocol algorithm base64...`),
 /// ignoring comments and other record types. Only keys with the SEP/zone flags are used.
+/// hickory's own `TrustAnchors` parser is not used: it refuses a file that also holds DS
+/// lines (what `dig` and key-signing tools write beside the DNSKEY) and accepts keys
+/// without the zone-key flag.
 pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchors, String> {
     use base64::Engine;
     let mut anchors = TrustAnchors::empty();

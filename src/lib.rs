@@ -1,11 +1,18 @@
 //! phigate: a TLS-only SMTP relay gateway for mail carrying protected health information.
 //!
-//! Layers (a module only uses modules from layers below it):
-//! - L0 `config`, `types`, `smtp::proto`
-//! - L1 `tls`, `auth`, `sandbox` (and, as they land, `message`, `dlp`, `policy`, `spool`, `audit`, `dns`)
-//! - L2 `delivery`, `queue`
-//! - L3 `pipeline`, `smtp::session`, `listener`
-//! - L4 `server`
+//! Layers (a module only uses modules from layers below it; a message travels upwards
+//! through them: `listener` → `smtp::session` → `pipeline` → `spool` → `queue` →
+//! `delivery`):
+//! - L0 `config`, `types` (IDs, envelope, per-recipient status, the one `TlsLevel`),
+//!   `smtp::proto` (I/O-free codec)
+//! - L1 `tls`, `auth`, `sandbox`, `message`, `dlp`, `policy`, `spool`, `audit`, `dns`,
+//!   `metrics`, `webhook` (events out)
+//! - L2 `services` (the one handle on spool, audit, metrics, webhooks and clock), then
+//!   `delivery` (MX → MTA-STS → DANE → TLS client; the `Transport` the queue drives) and
+//!   `queue`
+//! - L3 `pipeline` (parse → DLP → policy → spool → queue → audit), the front ends
+//!   (`smtp::session`), `listener`, `control` (the daemon side of the control socket)
+//! - L4 `server` (builds the services once, wires everything, signals, systemd notify)
 //! - L5 `cli`
 
 pub mod audit;
@@ -24,6 +31,7 @@ pub mod policy;
 pub mod queue;
 pub mod sandbox;
 pub mod server;
+pub mod services;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! TCP listeners: accept, enforce connection limits, do the TLS handshake (implicit or
 //! after STARTTLS) and run sessions.
 
+use crate::audit::AuditEvent;
 use crate::config::TlsMode;
 use crate::smtp::session::{ConnInfo, ListenerInfo, Session, SessionEnd, Shared};
 use crate::tls::server::{session_info, ServerTls};
@@ -11,7 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -98,18 +100,17 @@ pub struct ListenerCtx {
     pub handshake_timeout: Duration,
     pub tracker: TaskTracker,
     /// Counts accepted connections per listener.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Records each TLS session opened.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Accept connections until `shutdown` turns true.
-pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, ctx: ListenerCtx, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
-                continue;
-            }
+            _ = shutdown.cancelled() => break,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
@@ -123,9 +124,7 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
         let _ = tcp.set_nodelay(true);
         match ctx.limits.acquire(peer.ip()) {
             Ok(guard) => {
-                if let Some(m) = &ctx.metrics {
-                    m.connection(&ctx.info.name);
-                }
+                ctx.metrics.connection(&ctx.info.name);
                 let c = ctx.clone();
                 ctx.tracker.spawn(async move {
                     handle(tcp, peer, c).await;
@@ -134,9 +133,7 @@ pub async fn run(listener: TcpListener, ctx: ListenerCtx, mut shutdown: watch::R
             }
             Err((limit, why)) => {
                 info!(listener = %ctx.info.name, peer = %peer.ip(), code = 421, limit, "connection refused: limit");
-                if let Some(m) = &ctx.metrics {
-                    m.connection_refused(&ctx.info.name, limit);
-                }
+                ctx.metrics.connection_refused(&ctx.info.name, limit);
                 let c = ctx.clone();
                 tokio::spawn(async move { refuse(tcp, c, why).await });
             }
@@ -211,21 +208,9 @@ async fn handshake(
                 client_cert = info.client_cert_sha256.as_deref().unwrap_or("-"),
                 "TLS established"
             );
-            let audit = ctx
-                .shared
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .audit
-                .clone();
-            if let Some(a) = audit {
-                let ip = conn.peer.ip().to_string();
-                a.record_now(crate::audit::AuditEvent::session_opened(
-                    &conn.id,
-                    &ip,
-                    &ctx.info.name,
-                    Some(&info),
-                ));
-            }
+            let ip = conn.peer.ip().to_string();
+            let ev = AuditEvent::session_opened(&conn.id, &ip, &ctx.info.name, Some(&info));
+            ctx.audit.record_now(ev);
             conn.tls = Some(info);
             conn.client_cert = cert;
             Some((tls, conn))

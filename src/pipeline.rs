@@ -8,8 +8,9 @@ use crate::message::TextView;
 use crate::metrics::reply_reason;
 use crate::policy::{Action, MessageContext, Policy, RcptContext, RcptVerdict};
 use crate::queue::Queue;
+use crate::services::Services;
 use crate::spool::{RecipientState, SpoolError};
-use crate::types::{now_secs, Envelope, MessageId, Reply};
+use crate::types::{Envelope, MessageId, Reply};
 use crate::webhook::Outcome;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +39,11 @@ pub struct RcptCheck<'a> {
 pub enum PipelineError {
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    /// The spool's file system is below `[spool] min_free`: refused before any write.
+    #[error("spool file system below min_free ({free} bytes free)")]
+    StorageFull { free: u64 },
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("policy task failed: {0}")]
     Task(String),
 }
@@ -46,10 +52,10 @@ impl PipelineError {
     /// The one place pipeline failures become SMTP replies. Nothing was accepted.
     pub fn reply(&self) -> Reply {
         match self {
-            PipelineError::Spool(SpoolError::Io(_)) => {
+            PipelineError::Spool(SpoolError::Io(_)) | PipelineError::StorageFull { .. } => {
                 Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
             }
-            PipelineError::Spool(_) | PipelineError::Task(_) => {
+            PipelineError::Spool(_) | PipelineError::Audit(_) | PipelineError::Task(_) => {
                 Reply::new(451, "4.3.0", "Local error in processing, try again later")
             }
         }
@@ -68,6 +74,7 @@ pub trait Handoff: Send + Sync + 'static {
 
 /// The pipeline used by the server.
 pub struct Pipeline {
+    services: Services,
     queue: Arc<Queue>,
     policy: RwLock<Arc<Policy>>,
     /// Free bytes the spool's file system must keep after a message (`[spool] min_free`).
@@ -90,8 +97,9 @@ struct Verdict {
 }
 
 impl Pipeline {
-    pub fn new(queue: Arc<Queue>, policy: Policy) -> Self {
+    pub fn new(services: Services, queue: Arc<Queue>, policy: Policy) -> Self {
         Pipeline {
+            services,
             queue,
             policy: RwLock::new(Arc::new(policy)),
             min_free: std::sync::atomic::AtomicU64::new(0),
@@ -107,17 +115,14 @@ impl Pipeline {
 
     fn check_room(&self, size: usize) -> Result<(), PipelineError> {
         let min = self.min_free.load(std::sync::atomic::Ordering::Relaxed);
-        match self.queue.spool().free_bytes() {
+        match self.services.spool.free_bytes() {
             Some(free) if free < min.saturating_add(size as u64) => {
                 warn!(
                     free_mb = free / (1024 * 1024),
                     min_free_mb = min / (1024 * 1024),
                     "spool file system nearly full: refusing mail with 452"
                 );
-                Err(PipelineError::Spool(SpoolError::Io(std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    "spool file system below min_free",
-                ))))
+                Err(PipelineError::StorageFull { free })
             }
             _ => Ok(()),
         }
@@ -215,21 +220,19 @@ impl Handoff for Pipeline {
         Box::pin(async move {
             let started = std::time::Instant::now();
             let res = self.submit_inner(sub).await;
-            if let Some(m) = self.queue.metrics() {
-                let (outcome, reason) = match &res {
-                    Ok((r, _)) if r.code >= 400 => ("rejected", reply_reason(r)),
-                    Ok((_, action)) => (
-                        if *action == Action::Quarantine {
-                            "quarantined"
-                        } else {
-                            "accepted"
-                        },
-                        action.as_str().to_string(),
-                    ),
-                    Err(e) => ("failed", reply_reason(&e.reply())),
-                };
-                m.message(outcome, &reason, started.elapsed().as_secs_f64());
-            }
+            let (outcome, reason) = match &res {
+                Ok((r, _)) if r.code >= 400 => ("rejected", reply_reason(r)),
+                Ok((_, action)) => (
+                    if *action == Action::Quarantine {
+                        "quarantined"
+                    } else {
+                        "accepted"
+                    },
+                    action.as_str().to_string(),
+                ),
+                Err(e) => ("failed", reply_reason(&e.reply())),
+            };
+            (self.services.metrics).message(outcome, &reason, started.elapsed().as_secs_f64());
             res.map(|(r, _)| r)
         })
     }
@@ -243,62 +246,35 @@ impl Pipeline {
         let mut v = self.decide(sub).await?;
         // Handed to the spool by value (encrypted in its own buffer).
         let content = std::mem::take(&mut v.content);
-        if let Some(m) = self.queue.metrics() {
-            m.dlp_findings(&v.counts);
-        }
+        self.services.metrics.dlp_findings(&v.counts);
         // Detector names and counts only: never values, subjects or addresses.
         info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");
-        let spool = self.queue.spool();
-        let audit = self.queue.audit();
+        let spool = &self.services.spool;
         let mut events = vec![
             AuditEvent::message_received(id, &v.envelope, v.received_size),
             AuditEvent::policy_decision(id, v.action.as_str(), &v.rule, &v.per_rcpt, &v.findings),
         ];
+        if v.action == Action::Reject {
+            // Nothing is spooled: record what arrived and the refusal on their own.
+            self.services.audit.record(events).await?;
+            return Ok((v.reply, Action::Reject));
+        }
         let key_id = spool.keyring().current().id().to_string();
         let quarantined = v.action == Action::Quarantine;
         events.push(AuditEvent::spooled(id, &key_id, quarantined));
-        let batch = audit.map(|a| a.batch(events.clone()));
-        let attach: &dyn crate::spool::Attach = match &batch {
-            Some(b) => b,
-            None => &crate::spool::NoAttach,
-        };
-        match v.action {
-            Action::Reject => {
-                // Nothing is spooled: record what arrived and the refusal on their own.
-                if let Some(a) = audit {
-                    events.pop();
-                    a.record(events)
-                        .await
-                        .map_err(|e| PipelineError::Task(e.to_string()))?;
-                }
-                return Ok((v.reply, Action::Reject));
-            }
-            Action::Quarantine => {
-                spool
-                    .enqueue_quarantined_with(id, &v.envelope, content, &v.rule, attach)
-                    .await?;
-                self.notify_quarantined(id, &v.envelope);
-                return Ok((
-                    Reply::new(
-                        250,
-                        "2.0.0",
-                        format!("Ok: queued as {id}; held for review by policy {}", v.rule),
-                    ),
-                    Action::Quarantine,
-                ));
-            }
-            Action::Accept | Action::Tag => {
-                spool
-                    .enqueue_owned_with(
-                        id,
-                        &v.envelope,
-                        content,
-                        RecipientState::queued(now_secs()),
-                        attach,
-                    )
-                    .await?;
-            }
+        let attach = self.services.attach(events);
+        if quarantined {
+            spool
+                .enqueue_quarantined_with(id, &v.envelope, content, &v.rule, &attach)
+                .await?;
+            self.notify_quarantined(id, &v.envelope);
+            let text = format!("Ok: queued as {id}; held for review by policy {}", v.rule);
+            return Ok((Reply::new(250, "2.0.0", text), Action::Quarantine));
         }
+        let initial = RecipientState::queued(self.services.now());
+        spool
+            .enqueue_owned_with(id, &v.envelope, content, initial, &attach)
+            .await?;
         self.queue.wake();
         Ok((
             Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
@@ -307,17 +283,14 @@ impl Pipeline {
     }
 
     fn notify_quarantined(&self, id: MessageId, env: &Envelope) {
-        if let Some(m) = self.queue.metrics() {
-            m.outcome(WebhookEvent::Quarantined.as_str());
-        }
-        if let Some(h) = self.queue.webhooks() {
-            h.notify(Outcome {
-                id,
-                event: WebhookEvent::Quarantined,
-                rcpt_index: None,
-                addresses: env.recipients.iter().map(|r| r.address.clone()).collect(),
-                at: now_secs(),
-            });
-        }
+        let event = WebhookEvent::Quarantined;
+        self.services.metrics.outcome(event.as_str());
+        self.services.webhooks.notify(Outcome {
+            id,
+            event,
+            rcpt_index: None,
+            addresses: env.recipients.iter().map(|r| r.address.clone()).collect(),
+            at: self.services.now(),
+        });
     }
 }

@@ -3,12 +3,14 @@
 
 use crate::auth::{FailureLimiter, Users};
 use crate::config::{Config, ConfigError, DeliveryMode};
+use crate::delivery::{SandboxTransport, Transport};
 use crate::listener::{self, ConnLimits, ListenerCtx};
 use crate::metrics::{Gauge, Metrics};
 use crate::pipeline::{Handoff, Pipeline};
 use crate::policy::Policy;
-use crate::queue::{Queue, QueueSettings, SandboxTransport, Transport};
+use crate::queue::{Queue, QueueSettings};
 use crate::sandbox::Sandbox;
+use crate::services::{Services, SystemClock};
 use crate::smtp::session::{ListenerInfo, Shared};
 use crate::spool::{Keyring, KeyringError, Spool, SpoolError};
 use crate::tls::server::{ensure_self_signed, ServerTls, TlsError};
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
@@ -60,28 +62,6 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::http::HttpError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
-}
-
-/// The queue's view of outbound delivery (MX or smarthost).
-struct DeliveryTransport(crate::delivery::Deliverer);
-
-impl Transport for DeliveryTransport {
-    fn deliver<'a>(
-        &'a self,
-        _id: crate::types::MessageId,
-        env: &'a crate::types::Envelope,
-        content: &'a [u8],
-        rcpts: &'a [usize],
-        floor: Option<crate::types::TlsFloor>,
-    ) -> crate::queue::BoxFuture<'a, Vec<crate::types::RcptOutcome>> {
-        use crate::config::TlsLevel;
-        use crate::types::TlsFloor;
-        let floor = floor.map(|f| match f {
-            TlsFloor::Verify => TlsLevel::Verify,
-            TlsFloor::DaneOnly => TlsLevel::DaneOnly,
-        });
-        Box::pin(self.0.deliver(env, content, rcpts, floor))
-    }
 }
 
 /// What a signal asks the server to do.
@@ -150,53 +130,67 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     info!(pending = pending.len(), "spool open");
     let transport: Arc<dyn Transport> = match cfg.delivery.mode {
         DeliveryMode::Sandbox => Arc::new(SandboxTransport::new(Sandbox::new(cfg.sandbox_dir()))),
-        DeliveryMode::Mx | DeliveryMode::Smarthost => Arc::new(DeliveryTransport(
+        DeliveryMode::Mx | DeliveryMode::Smarthost => Arc::new(
             crate::delivery::Deliverer::new(&cfg.delivery)
                 .await?
                 .with_helo_name(&cfg.server.hostname)
                 .with_sts_cache(Arc::new(crate::delivery::sts_store::SpoolStsCache::new(
                     spool.clone(),
                 ))),
-        )),
+        ),
     };
-    let queue = Queue::new(spool.clone(), transport, queue_settings(&cfg));
     let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
-    queue.set_audit(audit.clone());
     let metrics = Arc::new(Metrics::new());
-    queue.set_metrics(metrics.clone());
-    if let Some(hooks) = Webhooks::start(&cfg.webhooks, Some(metrics.clone()))? {
+    let webhooks = Webhooks::start(&cfg.webhooks, metrics.clone())?;
+    if !cfg.webhooks.is_empty() {
         info!(hooks = cfg.webhooks.len(), "delivery webhooks enabled");
-        queue.set_webhooks(hooks);
     }
-    let pipeline = Arc::new(Pipeline::new(queue.clone(), load_policy(&cfg)?));
+    let services = Services {
+        spool: spool.clone(),
+        audit,
+        metrics: metrics.clone(),
+        webhooks,
+        clock: Arc::new(SystemClock),
+    };
+    let queue = Queue::new(services.clone(), transport, queue_settings(&cfg));
+    let pipeline = Arc::new(Pipeline::new(
+        services.clone(),
+        queue.clone(),
+        load_policy(&cfg)?,
+    ));
     pipeline.set_min_free(cfg.spool.min_free.0);
-    let handoff: Arc<dyn Handoff> = pipeline.clone();
     let limiter = Arc::new(FailureLimiter::new(
         cfg.auth.max_failures,
         cfg.auth.lockout.duration(),
     ));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // The queue stops only after the sessions have drained, so mail accepted during the
-    // grace period is still delivered if it can be.
-    let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
-    let audit_task = tokio::spawn(audit.clone().run(queue_stop_rx.clone()));
-    let queue_task = tokio::spawn(queue.clone().run(queue_stop_rx));
-    let _control =
-        crate::control::start(&cfg, queue.clone(), key_list, shutdown_rx.clone()).await?;
+    // One token per stage: front ends stop first; the queue and audit trail only after
+    // the sessions have drained, so mail accepted during the grace period is still
+    // delivered if it can be.
+    let shutdown = CancellationToken::new();
+    let queue_stop = CancellationToken::new();
+    let audit_task = tokio::spawn(services.audit.clone().run(queue_stop.clone()));
+    let queue_task = tokio::spawn(queue.clone().run(queue_stop.clone()));
+    let _control = crate::control::start(
+        &cfg,
+        services.clone(),
+        queue.clone(),
+        key_list,
+        shutdown.clone(),
+    )
+    .await?;
     if let Some(mc) = &cfg.metrics {
         let gauges = queue_gauges(spool.clone());
         let _metrics_http =
-            crate::metrics::http::start(mc.listen, metrics.clone(), gauges, shutdown_rx.clone())
+            crate::metrics::http::start(mc.listen, metrics.clone(), gauges, shutdown.clone())
                 .await?;
     }
-    let services = Services {
-        audit,
-        handoff,
+    let front = FrontEnd {
+        services: services.clone(),
+        handoff: pipeline.clone(),
         limiter,
-        shutdown: shutdown_rx.clone(),
-        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
     };
-    let shared = Arc::new(RwLock::new(build_shared(&cfg, &services)?));
+    let shared = Arc::new(RwLock::new(build_shared(&cfg, &front)?));
     let limits = ConnLimits::new(
         cfg.server.max_connections,
         cfg.server.max_connections_per_ip,
@@ -229,10 +223,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             limits: limits.clone(),
             handshake_timeout: cfg.server.tls_handshake_timeout.duration(),
             tracker: tracker.clone(),
-            metrics: Some(metrics.clone()),
+            metrics: metrics.clone(),
+            audit: services.audit.clone(),
         };
         info!(listener = %l.name, addr = %l.addr, tls = ?l.tls, "listening");
-        accept_tasks.push(tokio::spawn(listener::run(tcp, ctx, shutdown_rx.clone())));
+        accept_tasks.push(tokio::spawn(listener::run(tcp, ctx, shutdown.clone())));
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     metrics.set_ready(true);
@@ -248,7 +243,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             config_path.as_deref(),
             &tls,
             &pipeline,
-            &services,
+            &front,
             &shared,
         ) {
             Ok(new) => {
@@ -270,7 +265,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     metrics.set_ready(false);
-    let _ = shutdown_tx.send(true);
+    shutdown.cancel();
     for t in accept_tasks {
         let _ = t.await;
     }
@@ -281,7 +276,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     {
         warn!("grace period over, closing remaining sessions");
     }
-    let _ = queue_stop_tx.send(true);
+    queue_stop.cancel();
     let grace = current.server.shutdown_grace.duration();
     if tokio::time::timeout(grace, queue_task).await.is_err() {
         warn!("delivery attempts still running; they will be retried at the next start");
@@ -420,16 +415,16 @@ async fn audit_reload(services: &Services, ok: bool, source: &str) {
     }
 }
 
-/// Services that outlive a reload; the rest of [`Shared`] is rebuilt from the config.
-struct Services {
-    audit: Arc<crate::audit::Audit>,
+/// What the SMTP sessions share that outlives a reload; the rest of [`Shared`] is
+/// rebuilt from the config.
+struct FrontEnd {
+    services: Services,
     handoff: Arc<dyn Handoff>,
     limiter: Arc<FailureLimiter>,
-    shutdown: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
-fn build_shared(cfg: &Config, services: &Services) -> Result<Arc<Shared>, ServerError> {
+fn build_shared(cfg: &Config, front: &FrontEnd) -> Result<Arc<Shared>, ServerError> {
     Ok(Arc::new(Shared {
         hostname: cfg.server.hostname.clone(),
         max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
@@ -437,13 +432,13 @@ fn build_shared(cfg: &Config, services: &Services) -> Result<Arc<Shared>, Server
         command_timeout: cfg.server.command_timeout.duration(),
         data_timeout: cfg.server.data_timeout.duration(),
         users: Arc::new(load_users(cfg)?),
-        limiter: services.limiter.clone(),
+        limiter: front.limiter.clone(),
         allow_networks: cfg.auth.allow_networks.clone(),
         client_cert_allow: cfg.auth.client_cert_allow.clone(),
-        handoff: services.handoff.clone(),
-        shutdown: services.shutdown.clone(),
-        audit: Some(services.audit.clone()),
-        metrics: Some(services.metrics.clone()),
+        handoff: front.handoff.clone(),
+        shutdown: front.shutdown.clone(),
+        audit: front.services.audit.clone(),
+        metrics: front.services.metrics.clone(),
     }))
 }
 
@@ -462,14 +457,14 @@ fn reload(
     path: Option<&std::path::Path>,
     tls: &ServerTls,
     pipeline: &Pipeline,
-    services: &Services,
+    front: &FrontEnd,
     shared: &RwLock<Arc<Shared>>,
 ) -> Result<Config, ServerError> {
     let new = match path {
         Some(p) => Config::load(p)?,
         None => current.clone(),
     };
-    let new_shared = build_shared(&new, services)?;
+    let new_shared = build_shared(&new, front)?;
     let policy = load_policy(&new)?;
     tls.reload(&new.tls)?;
     pipeline.set_policy(policy);

@@ -170,7 +170,7 @@ pub struct Envelope {
     pub received_at: u64,
     /// Minimum TLS for the next hop, set by policy (`require_tls`).
     #[serde(default)]
-    pub tls_floor: Option<TlsFloor>,
+    pub tls_floor: Option<TlsLevel>,
     /// The inbound SMTP session that carried the message (links it to `session_opened`).
     #[serde(default)]
     pub session: String,
@@ -272,14 +272,32 @@ pub struct RcptOutcome {
     pub hop: Option<HopInfo>,
 }
 
-/// Minimum TLS a message demands of its next hop (raised by policy or REQUIRETLS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Outbound TLS requirement: the one type for the configured level, a domain override,
+/// a policy rule's `require_tls` and a message's own floor. TLS itself is never optional;
+/// the levels differ in how the peer is authenticated. Ordered from weakest to strongest,
+/// so "raise to at least" is `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum TlsFloor {
-    /// WebPKI chain and name, or DANE/MTA-STS.
+pub enum TlsLevel {
+    /// DANE if the domain has DNSSEC-secure TLSA, else MTA-STS enforce, else `encrypt`.
+    Auto,
+    /// TLS 1.2+, certificate not authenticated.
+    Encrypt,
+    /// WebPKI chain and name (or DANE/MTA-STS when they apply).
     Verify,
     /// Only DANE-authenticated TLS.
     DaneOnly,
+}
+
+impl TlsLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsLevel::Auto => "auto",
+            TlsLevel::Encrypt => "encrypt",
+            TlsLevel::Verify => "verify",
+            TlsLevel::DaneOnly => "dane-only",
+        }
+    }
 }
 
 /// Current Unix time in seconds.

@@ -155,18 +155,26 @@ struct Hook {
 /// The configured hooks; cheap to share.
 pub struct Webhooks {
     hooks: Vec<Hook>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Webhooks {
+    /// No hooks: every `notify` is a no-op.
+    pub fn none(metrics: Arc<Metrics>) -> Arc<Webhooks> {
+        Arc::new(Webhooks {
+            hooks: Vec::new(),
+            metrics,
+        })
+    }
+
     /// Read the secrets, check the URLs and start one sender task per hook. Must run
-    /// inside a tokio runtime. Returns None when no hooks are configured.
+    /// inside a tokio runtime. With no hooks configured, the set is empty.
     pub fn start(
         cfgs: &[WebhookConfig],
-        metrics: Option<Arc<Metrics>>,
-    ) -> Result<Option<Arc<Webhooks>>, WebhookError> {
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Webhooks>, WebhookError> {
         if cfgs.is_empty() {
-            return Ok(None);
+            return Ok(Self::none(metrics));
         }
         let tls = client_config()?;
         let mut hooks = Vec::new();
@@ -200,7 +208,7 @@ impl Webhooks {
                 index,
             });
         }
-        Ok(Some(Arc::new(Webhooks { hooks, metrics })))
+        Ok(Arc::new(Webhooks { hooks, metrics }))
     }
 
     /// Queue `outcome` for every hook subscribed to its event. Never waits.
@@ -212,9 +220,7 @@ impl Webhooks {
         {
             if h.tx.try_send(outcome.clone()).is_err() {
                 warn!(webhook = h.index, msg_id = %outcome.id, "webhook queue full or closed, event dropped");
-                if let Some(m) = &self.metrics {
-                    m.inc(WEBHOOK_POSTS, &[("result", "dropped")]);
-                }
+                self.metrics.inc(WEBHOOK_POSTS, &[("result", "dropped")]);
             }
         }
     }
@@ -242,7 +248,7 @@ struct Sender {
     include_addresses: bool,
     max_attempts: u32,
     tls: Arc<ClientConfig>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
     index: usize,
 }
 
@@ -288,9 +294,7 @@ impl Sender {
     }
 
     fn count(&self, result: &str) {
-        if let Some(m) = &self.metrics {
-            m.inc(WEBHOOK_POSTS, &[("result", result)]);
-        }
+        self.metrics.inc(WEBHOOK_POSTS, &[("result", result)]);
     }
 
     async fn post(&self, body: Vec<u8>, sig: &str) -> Result<u16, String> {

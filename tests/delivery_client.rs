@@ -5,11 +5,12 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use phigate::config::{DeliveryConfig, DeliveryMode, SmarthostConfig, TlsLevel};
+use phigate::config::{DeliveryConfig, DeliveryMode, SmarthostConfig};
 use phigate::delivery::sts::MemoryStsCache;
 use phigate::delivery::{AttemptResult, Deliverer, RcptOutcome};
 use phigate::dns::{DnssecStatus, StaticResolver};
 use phigate::tls::dane::Tlsa;
+use phigate::types::TlsLevel;
 use phigate::types::{Envelope, MailParams, Recipient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -392,14 +393,14 @@ async fn hostile_servers_get_nothing() {
         )
         .await;
         let (d, _f) = deliverer(port, resolver_one_mx(), None);
-        let out = d
-            .deliver(
-                &envelope(&["a@example.test"], false),
-                b"Subject: x\r\n\r\nhi\r\n",
-                &[0],
-                None,
-            )
-            .await;
+        let out = deliver(
+            &d,
+            &envelope(&["a@example.test"], false),
+            b"Subject: x\r\n\r\nhi\r\n",
+            &[0],
+            None,
+        )
+        .await;
         let text = assert_transient_47(&out);
         assert!(text.contains(needle), "{text}");
         no_mail_sent(&log);
@@ -419,14 +420,14 @@ async fn encrypt_delivers_with_dot_stuffing_and_per_recipient_replies() {
         ],
         false,
     );
-    let out = d
-        .deliver(
-            &env,
-            b"Subject: x\r\n\r\n.dot line\r\nend\r\n",
-            &[0, 1, 2],
-            None,
-        )
-        .await;
+    let out = deliver(
+        &d,
+        &env,
+        b"Subject: x\r\n\r\n.dot line\r\nend\r\n",
+        &[0, 1, 2],
+        None,
+    )
+    .await;
     assert!(
         matches!(out[0].result, AttemptResult::Delivered(_)),
         "{:?}",
@@ -457,14 +458,14 @@ async fn verify_level_checks_chain_name_and_dates() {
         let (chain, key, _) = leaf(issuer, name, expired);
         let (port, log) = server(server_config(chain, key), ServerOpts::default(), false).await;
         let (d, _f) = deliverer(port, resolver_one_mx(), Some(&ca));
-        let out = d
-            .deliver(
-                &envelope(&["a@example.test"], false),
-                b"x\r\n",
-                &[0],
-                Some(TlsLevel::Verify),
-            )
-            .await;
+        let out = deliver(
+            &d,
+            &envelope(&["a@example.test"], false),
+            b"x\r\n",
+            &[0],
+            Some(TlsLevel::Verify),
+        )
+        .await;
         if ok {
             assert!(
                 matches!(out[0].result, AttemptResult::Delivered(_)),
@@ -494,7 +495,7 @@ async fn first_mx_down_second_used_and_null_mx_bounces() {
         .with_mx("null.test", DnssecStatus::Insecure, &[(0, ".")]);
     let (d, _f) = deliverer(port, r, None);
     let env = envelope(&["a@example.test", "b@null.test"], false);
-    let out = d.deliver(&env, b"x\r\n", &[0, 1], None).await;
+    let out = deliver(&d, &env, b"x\r\n", &[0, 1], None).await;
     let a = out.iter().find(|o| o.index == 0).expect("a");
     let b = out.iter().find(|o| o.index == 1).expect("b");
     assert!(matches!(a.result, AttemptResult::Delivered(_)), "{a:?}");
@@ -515,9 +516,14 @@ async fn requiretls_needs_verified_tls_and_server_support() {
     let cfg = server_config(chain, key);
     let (port, log) = server(cfg.clone(), ServerOpts::default(), false).await;
     let (d, _f) = deliverer(port, resolver_one_mx(), Some(&ca));
-    let out = d
-        .deliver(&envelope(&["a@example.test"], true), b"x\r\n", &[0], None)
-        .await;
+    let out = deliver(
+        &d,
+        &envelope(&["a@example.test"], true),
+        b"x\r\n",
+        &[0],
+        None,
+    )
+    .await;
     match &out[0].result {
         AttemptResult::Permanent(r) => assert_eq!(r.enhanced, "5.7.30"),
         other => panic!("{other:?}"),
@@ -533,9 +539,14 @@ async fn requiretls_needs_verified_tls_and_server_support() {
     )
     .await;
     let (d, _f) = deliverer(port, resolver_one_mx(), Some(&ca));
-    let out = d
-        .deliver(&envelope(&["a@example.test"], true), b"x\r\n", &[0], None)
-        .await;
+    let out = deliver(
+        &d,
+        &envelope(&["a@example.test"], true),
+        b"x\r\n",
+        &[0],
+        None,
+    )
+    .await;
     assert!(
         matches!(out[0].result, AttemptResult::Delivered(_)),
         "{:?}",
@@ -579,14 +590,14 @@ async fn smarthost_with_auth_starttls_and_implicit() {
         let r = StaticResolver::new().with_ip("relay.test", DnssecStatus::Insecure, &[lo(1)]);
         let d = Deliverer::with_parts(&dc, Arc::new(r), Arc::new(MemoryStsCache::default()))
             .expect("deliverer");
-        let out = d
-            .deliver(
-                &envelope(&["a@one.test", "b@two.test"], false),
-                b"x\r\n",
-                &[0, 1],
-                None,
-            )
-            .await;
+        let out = deliver(
+            &d,
+            &envelope(&["a@one.test", "b@two.test"], false),
+            b"x\r\n",
+            &[0, 1],
+            None,
+        )
+        .await;
         assert!(
             out.iter()
                 .all(|o| matches!(o.result, AttemptResult::Delivered(_))),
@@ -636,9 +647,14 @@ async fn dane_ee_match_and_mismatch_falls_to_next_mx() {
             vec![good],
         );
     let (d, _f) = deliverer(port, r, None);
-    let out = d
-        .deliver(&envelope(&["a@example.test"], false), b"x\r\n", &[0], None)
-        .await;
+    let out = deliver(
+        &d,
+        &envelope(&["a@example.test"], false),
+        b"x\r\n",
+        &[0],
+        None,
+    )
+    .await;
     assert!(
         matches!(out[0].result, AttemptResult::Delivered(_)),
         "{:?}",
@@ -734,7 +750,7 @@ async fn mta_sts_enforce_testing_and_cache() {
         &ca,
         cache.clone(),
     );
-    let out = d.deliver(&env, b"x\r\n", &[0], None).await;
+    let out = deliver(&d, &env, b"x\r\n", &[0], None).await;
     assert!(
         matches!(out[0].result, AttemptResult::Delivered(_)),
         "{:?}",
@@ -757,7 +773,7 @@ async fn mta_sts_enforce_testing_and_cache() {
         &ca,
         cache.clone(),
     );
-    let out = d.deliver(&env, b"x\r\n", &[0], None).await;
+    let out = deliver(&d, &env, b"x\r\n", &[0], None).await;
     let text = assert_transient_47(&out);
     assert!(text.contains("MTA-STS"), "{text}");
     assert!(out[0]
@@ -773,7 +789,7 @@ async fn mta_sts_enforce_testing_and_cache() {
         &ca,
         Arc::default(),
     );
-    assert_transient_47(&d.deliver(&env, b"x\r\n", &[0], None).await);
+    assert_transient_47(&deliver(&d, &env, b"x\r\n", &[0], None).await);
 
     // enforce with an MX certificate that does not verify -> deferred
     let (bad_chain, bad_key, _) = leaf(None, "mx1.example.test", false);
@@ -790,7 +806,7 @@ async fn mta_sts_enforce_testing_and_cache() {
         &ca,
         Arc::default(),
     );
-    assert_transient_47(&d.deliver(&env, b"x\r\n", &[0], None).await);
+    assert_transient_47(&deliver(&d, &env, b"x\r\n", &[0], None).await);
     no_mail_sent(&bad_log);
 
     // testing mode with the same bad certificate -> delivered, failure recorded
@@ -802,7 +818,7 @@ async fn mta_sts_enforce_testing_and_cache() {
         &ca,
         Arc::default(),
     );
-    let out = d.deliver(&env, b"x\r\n", &[0], None).await;
+    let out = deliver(&d, &env, b"x\r\n", &[0], None).await;
     assert!(
         matches!(out[0].result, AttemptResult::Delivered(_)),
         "{:?}",
@@ -854,14 +870,14 @@ async fn send_nth(
     floor: Option<TlsLevel>,
 ) -> RcptOutcome {
     let body = format!("Subject: m{n}\r\n\r\nmessage {n}\r\n");
-    let mut out = d
-        .deliver(
-            &envelope(&["a@example.test"], requiretls),
-            body.as_bytes(),
-            &[0],
-            floor,
-        )
-        .await;
+    let mut out = deliver(
+        d,
+        &envelope(&["a@example.test"], requiretls),
+        body.as_bytes(),
+        &[0],
+        floor,
+    )
+    .await;
     assert_eq!(out.len(), 1);
     let o = out.remove(0);
     assert!(
@@ -1056,4 +1072,23 @@ async fn concurrent_messages_respect_the_destination_cap_with_pooling() {
     assert!((1..=2).contains(&c), "{c} connections with a cap of 2");
     each_once(&log, 6);
     assert!(d.idle_connections() <= 2);
+}
+
+/// One delivery attempt through the library API, with `floor` as the message's own TLS floor.
+async fn deliver(
+    d: &Deliverer,
+    env: &phigate::types::Envelope,
+    content: &[u8],
+    rcpts: &[usize],
+    floor: Option<phigate::types::TlsLevel>,
+) -> Vec<RcptOutcome> {
+    let mut env = env.clone();
+    env.tls_floor = floor.or(env.tls_floor);
+    let job = phigate::delivery::Job {
+        id: phigate::types::MessageId::new(),
+        env: &env,
+        content,
+        rcpts,
+    };
+    d.deliver(job).await
 }

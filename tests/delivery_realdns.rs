@@ -374,9 +374,14 @@ fn lo(n: u8, port: u16) -> SocketAddr {
 }
 
 async fn send(d: &Deliverer, rcpt: &str) -> RcptOutcome {
-    let mut out = d
-        .deliver(&envelope(rcpt), b"Subject: t\r\n\r\nhello\r\n", &[0], None)
-        .await;
+    let mut out = deliver(
+        d,
+        &envelope(rcpt),
+        b"Subject: t\r\n\r\nhello\r\n",
+        &[0],
+        None,
+    )
+    .await;
     assert_eq!(out.len(), 1);
     out.remove(0)
 }
@@ -1123,4 +1128,23 @@ async fn mta_sts_over_a_real_signed_zone() {
         "{report:?}"
     );
     assert_eq!(report.hosts[0].requirement, "mta-sts", "{report:?}");
+}
+
+/// One delivery attempt through the library API, with `floor` as the message's own TLS floor.
+async fn deliver(
+    d: &Deliverer,
+    env: &phigate::types::Envelope,
+    content: &[u8],
+    rcpts: &[usize],
+    floor: Option<phigate::types::TlsLevel>,
+) -> Vec<RcptOutcome> {
+    let mut env = env.clone();
+    env.tls_floor = floor.or(env.tls_floor);
+    let job = phigate::delivery::Job {
+        id: phigate::types::MessageId::new(),
+        env: &env,
+        content,
+        rcpts,
+    };
+    d.deliver(job).await
 }

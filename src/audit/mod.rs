@@ -27,7 +27,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use event::{AuditEvent, Kind};
@@ -420,7 +420,7 @@ impl Audit {
 
     /// Periodic work until `shutdown`: log the head (seq + hash only) every
     /// `head_log_interval`, and purge past retention once an hour.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = if self.settings.head_log_interval.is_zero() {
             Duration::from_secs(3600)
         } else {
@@ -432,10 +432,10 @@ impl Audit {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(DEFERRED_FLUSH) => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.cancelled() => {}
             }
             self.flush_deferred();
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 break;
             }
             if last_head.elapsed() < tick {

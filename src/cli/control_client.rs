@@ -2,7 +2,7 @@
 //! Also `phigate status`, which is nothing but a round trip.
 
 use super::CliError;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::control::{Request, Response, StatusView};
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
@@ -28,14 +28,9 @@ pub enum ClientError {
     Daemon(String),
 }
 
-/// Parse the configuration without checking the files it names: the CLI may run as a
-/// user that cannot read the TLS key, and only needs paths from it.
+/// The configuration as the CLI needs it (see [`Config::read`]).
 pub fn load_config(path: &Path) -> Result<Config, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.display().to_string(),
-        source,
-    })?;
-    Ok(Config::from_str(&text, &path.display().to_string())?)
+    Ok(Config::read(path)?)
 }
 
 /// Send `req` to the daemon and decode the `data` of its answer.

@@ -39,12 +39,7 @@ fn policy_for(config: &Path) -> Result<Policy, CliError> {
     if !config.exists() {
         return Ok(Policy::permissive()?);
     }
-    let text =
-        std::fs::read_to_string(config).map_err(|source| crate::config::ConfigError::Read {
-            file: config.display().to_string(),
-            source,
-        })?;
-    let cfg = Config::from_str(&text, &config.display().to_string())?;
+    let cfg = Config::read(config)?;
     Ok(match &cfg.policy.file {
         Some(p) => Policy::load(p)?,
         None => Policy::permissive()?,

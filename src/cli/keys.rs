@@ -31,11 +31,11 @@ pub fn run(config: &Path, action: &KeysAction) -> Result<(), CliError> {
     let file = &cfg.spool.key_file;
     match action {
         KeysAction::Generate => {
-            let info = keys::generate_file(file).map_err(crate::server::ServerError::from)?;
+            let info = keys::generate_file(file)?;
             println!("generated keyring {} with key {}", file.display(), info.id);
         }
         KeysAction::Rotate => {
-            let info = keys::rotate_file(file).map_err(crate::server::ServerError::from)?;
+            let info = keys::rotate_file(file)?;
             println!(
                 "added key {} to {}; it is now current",
                 info.id,

@@ -112,6 +112,12 @@ pub enum CliError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Server(#[from] crate::server::ServerError),
+    #[error("master key: {0}")]
+    Keyring(#[from] crate::spool::KeyringError),
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("{0}")]
+    Delivery(#[from] crate::delivery::DeliveryError),
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
@@ -167,17 +173,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 let cfg = Config::from_str(config::SANDBOX_TOML, "(embedded sandbox.toml)")?;
                 (cfg, None)
             } else {
-                // Parse fully (files are checked by the server after first-run setup).
-                let text = std::fs::read_to_string(&cli.config).map_err(|source| {
-                    config::ConfigError::Read {
-                        file: cli.config.display().to_string(),
-                        source,
-                    }
-                })?;
-                (
-                    Config::from_str(&text, &cli.config.display().to_string())?,
-                    Some(cli.config.clone()),
-                )
+                // Files are checked by the server after first-run setup.
+                (Config::read(&cli.config)?, Some(cli.config.clone()))
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -3,13 +3,11 @@
 //! There is no control socket yet, so these commands open the spool themselves; sled
 //! allows one process at a time, and while the daemon runs they say so and stop.
 
-use super::tls::read_config;
 use super::CliError;
 use crate::config::Config;
 use crate::delivery::sts::{CacheEntry, StsCache};
 use crate::delivery::sts_store::SpoolStsCache;
 use crate::delivery::Deliverer;
-use crate::server::ServerError;
 use crate::spool::{Spool, SpoolError};
 use clap::Subcommand;
 use std::path::Path;
@@ -46,7 +44,7 @@ fn open_spool(cfg: &Config) -> Result<Arc<Spool>, CliError> {
                 dir.display()
             ),
         ))),
-        Err(e) => Err(ServerError::from(e).into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -97,7 +95,7 @@ fn print_entry(domain: &str, e: &CacheEntry) {
 }
 
 pub fn run(config: &Path, action: &StsAction) -> Result<(), CliError> {
-    let cfg = read_config(config)?;
+    let cfg = Config::read(config)?;
     let spool = open_spool(&cfg)?;
     let cache = SpoolStsCache::new(spool.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -134,8 +132,7 @@ pub fn run(config: &Path, action: &StsAction) -> Result<(), CliError> {
             let domain = norm(domain);
             let result = rt.block_on(async {
                 let d = Deliverer::new(&cfg.delivery)
-                    .await
-                    .map_err(ServerError::from)?
+                    .await?
                     .with_sts_cache(Arc::new(SpoolStsCache::new(spool.clone())));
                 Ok::<_, CliError>(d.sts_refresh(&domain).await)
             })?;

@@ -18,20 +18,9 @@ pub enum TlsAction {
     },
 }
 
-/// Reads the configuration without checking the files it names: the check needs only
-/// the `[delivery]` section.
-pub(super) fn read_config(path: &Path) -> Result<Config, CliError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| crate::config::ConfigError::Read {
-            file: path.display().to_string(),
-            source,
-        })?;
-    Ok(Config::from_str(&text, &path.display().to_string())?)
-}
-
 pub fn run(config: &Path, action: &TlsAction) -> Result<(), CliError> {
     let TlsAction::Check { domain, json } = action;
-    let cfg = read_config(config)?;
+    let cfg = Config::read(config)?;
     // The check is about direct MX delivery, whatever mode the gateway runs in.
     let mut delivery = cfg.delivery.clone();
     delivery.mode = DeliveryMode::Mx;
@@ -40,8 +29,7 @@ pub fn run(config: &Path, action: &TlsAction) -> Result<(), CliError> {
         .build()?;
     let report = rt.block_on(async {
         let d = Deliverer::new(&delivery)
-            .await
-            .map_err(crate::server::ServerError::from)?
+            .await?
             .with_helo_name(&cfg.server.hostname);
         Ok::<_, CliError>(d.tls_check(domain).await)
     })?;

@@ -21,12 +21,7 @@ pub enum UserAction {
 }
 
 fn users_path(config: &Path) -> Result<std::path::PathBuf, CliError> {
-    let text =
-        std::fs::read_to_string(config).map_err(|source| crate::config::ConfigError::Read {
-            file: config.display().to_string(),
-            source,
-        })?;
-    let cfg = Config::from_str(&text, &config.display().to_string())?;
+    let cfg = Config::read(config)?;
     cfg.auth.users_file.ok_or_else(|| {
         CliError::Usage(format!(
             "{}: key `auth.users_file` is not set",

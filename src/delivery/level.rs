@@ -7,7 +7,7 @@
 use crate::tls::dane::Tlsa;
 use crate::tls::mta_sts::{Mode, Policy};
 
-pub use crate::config::TlsLevel;
+use crate::types::TlsLevel;
 
 /// What DNS said about DANE for one MX host.
 #[derive(Debug, Clone, PartialEq, Eq)]

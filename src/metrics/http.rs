@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 /// Largest request head read; anything longer gets 431.
@@ -34,7 +34,7 @@ pub async fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     gauges: GaugeSource,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HttpError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -45,10 +45,7 @@ pub async fn start(
         loop {
             let conn = tokio::select! {
                 c = listener.accept() => c,
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break; }
-                    continue;
-                }
+                _ = shutdown.cancelled() => break,
             };
             match conn {
                 Ok((tcp, _)) => {

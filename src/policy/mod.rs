@@ -40,8 +40,7 @@ impl Action {
     }
 }
 
-/// Minimum TLS assurance for onward delivery (`DaneOnly` is stricter than `Verify`).
-pub use crate::types::TlsFloor as TlsLevel;
+use crate::types::TlsLevel;
 
 /// A rule's consequence, also used for the `[default]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

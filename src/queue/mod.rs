@@ -4,95 +4,21 @@
 
 pub mod dsn;
 
-use crate::audit::{Audit, AuditEvent};
+use crate::audit::AuditEvent;
 use crate::config::WebhookEvent;
-use crate::metrics::Metrics;
-use crate::sandbox::Sandbox;
-use crate::spool::{Attempt, RecipientState, Spool, SpoolError};
+use crate::delivery::{Job, Transport};
+use crate::services::Services;
+use crate::spool::{Attempt, RecipientState, SpoolError};
 use crate::types::{
-    now_secs, AttemptResult, Envelope, HopInfo, MessageId, Notify, RcptOutcome, Recipient, Reply,
-    Status, TlsFloor,
+    AttemptResult, Envelope, MessageId, Notify, RcptOutcome, Recipient, Reply, Status,
 };
-use crate::webhook::{Outcome, Webhooks};
+use crate::webhook::Outcome;
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify as Wake, Semaphore};
+use tokio::sync::{Notify as Wake, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Something that can carry a message to its next hop: MX delivery, a smarthost, or
-/// the sandbox directory.
-pub trait Transport: Send + Sync + 'static {
-    /// Deliver `content` to the recipients at `rcpts` (indices into `env.recipients`).
-    /// Must return one outcome per index.
-    fn deliver<'a>(
-        &'a self,
-        id: MessageId,
-        env: &'a Envelope,
-        content: &'a [u8],
-        rcpts: &'a [usize],
-        floor: Option<TlsFloor>,
-    ) -> BoxFuture<'a, Vec<RcptOutcome>>;
-}
-
-/// Sandbox transport: writes `<ID>.eml` + envelope and calls it delivered.
-pub struct SandboxTransport {
-    sandbox: Sandbox,
-}
-
-impl SandboxTransport {
-    pub fn new(sandbox: Sandbox) -> Self {
-        SandboxTransport { sandbox }
-    }
-}
-
-impl Transport for SandboxTransport {
-    fn deliver<'a>(
-        &'a self,
-        id: MessageId,
-        env: &'a Envelope,
-        content: &'a [u8],
-        rcpts: &'a [usize],
-        _floor: Option<TlsFloor>,
-    ) -> BoxFuture<'a, Vec<RcptOutcome>> {
-        Box::pin(async move {
-            let sandbox = self.sandbox.clone();
-            let env2 = env.clone();
-            let data = content.to_vec();
-            let res = tokio::task::spawn_blocking(move || sandbox.write(id, &env2, &data)).await;
-            let result = match res {
-                Ok(Ok(())) => {
-                    AttemptResult::Delivered(Reply::new(250, "2.0.0", "written to sandbox"))
-                }
-                Ok(Err(e)) => AttemptResult::Transient(Reply::new(
-                    451,
-                    "4.3.0",
-                    format!("sandbox write failed: {e}"),
-                )),
-                Err(e) => AttemptResult::Transient(Reply::new(
-                    451,
-                    "4.3.0",
-                    format!("sandbox task failed: {e}"),
-                )),
-            };
-            rcpts
-                .iter()
-                .map(|&index| RcptOutcome {
-                    index,
-                    result: result.clone(),
-                    hop: Some(HopInfo {
-                        method: "sandbox".into(),
-                        ..HopInfo::default()
-                    }),
-                })
-                .collect()
-        })
-    }
-}
 
 /// Timing and retention settings.
 #[derive(Debug, Clone)]
@@ -138,7 +64,7 @@ pub enum QueueError {
 }
 
 pub struct Queue {
-    spool: Arc<Spool>,
+    services: Services,
     transport: Arc<dyn Transport>,
     settings: QueueSettings,
     wake: Wake,
@@ -146,70 +72,24 @@ pub struct Queue {
     /// Messages whose stored data failed authentication: reported once, never delivered.
     broken: Mutex<HashSet<MessageId>>,
     slots: Arc<Semaphore>,
-    audit: OnceLock<Arc<Audit>>,
-    metrics: OnceLock<Arc<Metrics>>,
-    webhooks: OnceLock<Arc<Webhooks>>,
 }
 
 impl Queue {
     pub fn new(
-        spool: Arc<Spool>,
+        services: Services,
         transport: Arc<dyn Transport>,
         settings: QueueSettings,
     ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Arc::new(Queue {
-            spool,
+            services,
             transport,
             settings,
             wake: Wake::new(),
             inflight: Mutex::new(HashSet::new()),
             broken: Mutex::new(HashSet::new()),
             slots,
-            audit: OnceLock::new(),
-            metrics: OnceLock::new(),
-            webhooks: OnceLock::new(),
         })
-    }
-
-    /// Record every attempt, outcome and DSN in `audit`, atomically with the state change.
-    pub fn set_audit(&self, audit: Arc<Audit>) {
-        let _ = self.audit.set(audit);
-    }
-
-    /// Count attempts, durations and outcomes in `metrics`.
-    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
-        let _ = self.metrics.set(metrics);
-    }
-
-    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
-        self.metrics.get()
-    }
-
-    /// Report final outcomes (and quarantine/release, via [`Queue::webhooks`]) to hooks.
-    pub fn set_webhooks(&self, hooks: Arc<Webhooks>) {
-        let _ = self.webhooks.set(hooks);
-    }
-
-    pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
-        self.webhooks.get()
-    }
-
-    /// The audit trail, when one is set.
-    pub fn audit(&self) -> Option<&Arc<Audit>> {
-        self.audit.get()
-    }
-
-    /// `events` as an attachment for the spool's `*_with` methods (nothing without an audit).
-    fn attach(&self, events: Vec<AuditEvent>) -> Box<dyn crate::spool::Attach + '_> {
-        match self.audit.get() {
-            Some(a) => Box::new(a.batch(events)),
-            None => Box::new(crate::spool::NoAttach),
-        }
-    }
-
-    pub fn spool(&self) -> &Arc<Spool> {
-        &self.spool
     }
 
     /// Something new is due: look now rather than at the next tick.
@@ -221,12 +101,12 @@ impl Queue {
     pub async fn retry_now(&self, id: Option<MessageId>) -> Result<usize, QueueError> {
         let ids = match id {
             Some(id) => vec![id],
-            None => self.spool.pending()?,
+            None => self.services.spool.pending()?,
         };
-        let now = now_secs();
+        let now = self.services.now();
         let mut n = 0;
         for id in ids {
-            let mut states = self.spool.recipients(&id)?;
+            let mut states = self.services.spool.recipients(&id)?;
             let mut changed = false;
             for s in states.iter_mut() {
                 if let Status::Deferred { .. } | Status::Queued = s.status {
@@ -236,7 +116,7 @@ impl Queue {
                 }
             }
             if changed {
-                self.spool.set_recipients(&id, &states).await?;
+                self.services.spool.set_recipients(&id, &states).await?;
                 n += 1;
             }
         }
@@ -244,14 +124,14 @@ impl Queue {
         Ok(n)
     }
 
-    /// Scheduler loop: runs until `shutdown` turns true, then makes one last pass over
+    /// Scheduler loop: runs until `shutdown` is cancelled, then makes one last pass over
     /// what is due and waits for attempts in progress. Anything not finished stays queued
     /// on disk and is retried at the next start (delivery is at-least-once).
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut last_sweep = 0u64;
         loop {
-            let stopping = *shutdown.borrow();
-            let now = now_secs();
+            let stopping = shutdown.is_cancelled();
+            let now = self.services.now();
             self.dispatch_due(now).await;
             if stopping {
                 break;
@@ -263,7 +143,7 @@ impl Queue {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.cancelled() => {}
             }
         }
         let all = u32::try_from(self.settings.concurrency.max(1)).unwrap_or(u32::MAX);
@@ -271,7 +151,7 @@ impl Queue {
     }
 
     async fn dispatch_due(self: &Arc<Self>, now: u64) {
-        let due = match self.spool.due(now) {
+        let due = match self.services.spool.due(now) {
             Ok(d) => d,
             Err(e) => {
                 error!(error = %e, "cannot read the queue schedule");
@@ -329,13 +209,13 @@ impl Queue {
     /// Retention: shred content of finished messages and purge old metadata.
     async fn sweep(&self, now: u64) {
         if self.settings.content_after_delivery > 0 {
-            if let Ok(msgs) = self.spool.messages() {
+            if let Ok(msgs) = self.services.spool.messages() {
                 for (id, s) in msgs {
                     let due = s
                         .done_at
                         .is_some_and(|d| d + self.settings.content_after_delivery <= now);
                     if due && s.shredded_at.is_none() {
-                        if let Err(e) = self.spool.shred(&id).await {
+                        if let Err(e) = self.services.spool.shred(&id).await {
                             warn!(msg_id = %id, error = %e, "shred failed");
                         }
                     }
@@ -343,7 +223,7 @@ impl Queue {
             }
         }
         let cutoff = now.saturating_sub(self.settings.metadata_retention);
-        match self.spool.purge_finished_before(cutoff).await {
+        match self.services.spool.purge_finished_before(cutoff).await {
             Ok(0) => {}
             Ok(n) => info!(purged = n, "queue metadata past retention purged"),
             Err(e) => warn!(error = %e, "metadata purge failed"),
@@ -352,8 +232,8 @@ impl Queue {
 
     /// One delivery attempt for the due recipients of `id`.
     pub async fn attempt(&self, id: MessageId) -> Result<(), QueueError> {
-        let now = now_secs();
-        let mut states = match self.spool.recipients(&id) {
+        let now = self.services.now();
+        let mut states = match self.services.spool.recipients(&id) {
             Ok(s) => s,
             // Finished and shredded while this attempt was being scheduled: nothing to do.
             Err(SpoolError::Shredded(_)) => return Ok(()),
@@ -371,7 +251,7 @@ impl Queue {
         if due.is_empty() {
             return Ok(());
         }
-        let (env, content) = self.spool.load(&id)?;
+        let (env, content) = self.services.spool.load(&id)?;
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for &i in &due {
             let d = env
@@ -384,15 +264,16 @@ impl Queue {
         let mut outcomes: Vec<RcptOutcome> = Vec::new();
         for idxs in by_domain.values() {
             let started = std::time::Instant::now();
-            let got = self
-                .transport
-                .deliver(id, &env, &content, idxs, env.tls_floor)
-                .await;
-            if let Some(m) = self.metrics.get() {
-                let method = got.first().and_then(|o| o.hop.as_ref());
-                let method = method.map(|h| h.method.as_str()).unwrap_or("");
-                m.delivery_duration(method, started.elapsed().as_secs_f64());
-            }
+            let job = Job {
+                id,
+                env: &env,
+                content: &content,
+                rcpts: idxs,
+            };
+            let got = self.transport.deliver(job).await;
+            let method = got.first().and_then(|o| o.hop.as_ref());
+            let method = method.map(|h| h.method.as_str()).unwrap_or("");
+            (self.services.metrics).delivery_duration(method, started.elapsed().as_secs_f64());
             outcomes.extend(got);
         }
         drop(content);
@@ -438,15 +319,12 @@ impl Queue {
         if !dsn_rcpts.is_empty() && !env.mail_from.is_empty() {
             self.send_dsn(id, &env, &dsn_rcpts).await?;
         }
-        let attach = self.attach(events);
+        let attach = self.services.attach(events);
+        let spool = &self.services.spool;
         if states.iter().all(|s| s.status.is_final()) && self.settings.content_after_delivery == 0 {
-            self.spool
-                .finish_and_shred_with(&id, &states, attach.as_ref())
-                .await?;
+            spool.finish_and_shred_with(&id, &states, &attach).await?;
         } else {
-            self.spool
-                .set_recipients_with(&id, &states, attach.as_ref())
-                .await?;
+            spool.set_recipients_with(&id, &states, &attach).await?;
         }
         Ok(())
     }
@@ -464,28 +342,25 @@ impl Queue {
             Status::Expired { .. } => Some(WebhookEvent::Expired),
             _ => None,
         };
-        if let Some(m) = self.metrics.get() {
-            m.delivery_attempt(o.hop.as_ref(), result);
-            if let AttemptResult::Transient(r) | AttemptResult::Permanent(r) = &o.result {
-                // Codes only: remote reply text often echoes the recipient address.
-                let t = time::OffsetDateTime::from_unix_timestamp(now as i64)
-                    .ok()
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or_default();
-                m.note_error(format!(
-                    "{t} {id} rcpt {}: {result} {} {}",
-                    o.index, r.code, r.enhanced
-                ));
-            }
-            if let Some(e) = event {
-                m.outcome(e.as_str());
-            }
+        let m = &self.services.metrics;
+        m.delivery_attempt(o.hop.as_ref(), result);
+        if let AttemptResult::Transient(r) | AttemptResult::Permanent(r) = &o.result {
+            // Codes only: remote reply text often echoes the recipient address.
+            let t = time::OffsetDateTime::from_unix_timestamp(now as i64)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            m.note_error(format!(
+                "{t} {id} rcpt {}: {result} {} {}",
+                o.index, r.code, r.enhanced
+            ));
         }
-        if let (Some(hooks), Some(event)) = (self.webhooks.get(), event) {
-            hooks.notify(Outcome {
+        if let Some(event) = event {
+            m.outcome(event.as_str());
+            self.services.webhooks.notify(Outcome {
                 id,
                 event,
                 rcpt_index: Some(o.index),
@@ -610,18 +485,19 @@ impl Queue {
             listener: "dsn".into(),
             auth: None,
             tls: None,
-            received_at: now_secs(),
+            received_at: self.services.now(),
             tls_floor: env.tls_floor,
             session: String::new(),
         };
         let event = AuditEvent::dsn_sent(id, dsn_id, &env.mail_from, rcpts.len());
-        self.spool
+        self.services
+            .spool
             .enqueue_with(
                 dsn_id,
                 &dsn_env,
                 &content,
-                RecipientState::queued(now_secs()),
-                self.attach(vec![event]).as_ref(),
+                RecipientState::queued(self.services.now()),
+                &self.services.attach(vec![event]),
             )
             .await?;
         info!(msg_id = %id, dsn_id = %dsn_id, recipients = rcpts.len(), "DSN queued");

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Bad commands tolerated before the session is dropped.
@@ -43,11 +43,11 @@ pub struct Shared {
     pub client_cert_allow: Vec<String>,
     pub handoff: Arc<dyn Handoff>,
     /// Becomes true when the server is shutting down.
-    pub shutdown: watch::Receiver<bool>,
-    /// The audit trail (sessions and AUTH results), when enabled.
-    pub audit: Option<Arc<crate::audit::Audit>>,
-    /// Counters for AUTH results and RCPT refusals, when metrics are on.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub shutdown: CancellationToken,
+    /// The audit trail (sessions and AUTH results).
+    pub audit: Arc<crate::audit::Audit>,
+    /// Counters for AUTH results and RCPT refusals.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The listener a session arrived on.
@@ -211,12 +211,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn fill(&mut self, timeout: Duration, watch_shutdown: bool) -> Result<(), SessionError> {
         self.flush().await?;
         let mut chunk = [0u8; 16 * 1024];
-        let mut shutdown = self.shared.shutdown.clone();
+        let shutdown = self.shared.shutdown.clone();
         let read = tokio::time::timeout(timeout, self.io.read(&mut chunk));
         let n = if watch_shutdown {
             tokio::select! {
                 r = read => r,
-                _ = wait_true(&mut shutdown) => {
+                _ = shutdown.cancelled() => {
                     self.send(Reply::new(421, "4.3.2", format!("{} Service shutting down", self.shared.hostname)));
                     return Err(SessionError::Close);
                 }
@@ -492,9 +492,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn rcpt(&mut self, to: String, params: Vec<Param>) {
         if let Some(r) = self.gate(true) {
-            if let Some(m) = &self.shared.metrics {
-                m.rcpt_refused(&self.listener.name, &r);
-            }
+            self.shared.metrics.rcpt_refused(&self.listener.name, &r);
             let _ = self.error_reply(r);
             return;
         }
@@ -828,30 +826,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn count_auth(&self, result: &str) {
-        if let Some(m) = &self.shared.metrics {
-            m.auth(&self.listener.name, result);
-        }
+        self.shared.metrics.auth(&self.listener.name, result);
     }
 
     /// Send a RCPT refusal and count it.
     fn refuse_rcpt(&mut self, r: Reply) {
-        if let Some(m) = &self.shared.metrics {
-            m.rcpt_refused(&self.listener.name, &r);
-        }
+        self.shared.metrics.rcpt_refused(&self.listener.name, &r);
         self.send(r);
     }
 
     fn audit_auth(&self, ok: bool, user: &str) {
-        if let Some(a) = &self.shared.audit {
-            let ip = self.conn.peer.ip().to_string();
-            a.record_now(crate::audit::AuditEvent::auth(
-                ok,
-                &self.conn.id,
-                &ip,
-                "password",
-                user,
-            ));
-        }
+        let ip = self.conn.peer.ip().to_string();
+        let ev = crate::audit::AuditEvent::auth(ok, &self.conn.id, &ip, "password", user);
+        self.shared.audit.record_now(ev);
     }
 
     /// Read one SASL response line: `None` when the client cancelled or sent garbage
@@ -951,16 +938,4 @@ fn parse_notify(v: &str) -> Option<Notify> {
         return None;
     }
     Some(n)
-}
-
-async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            // Sender gone: never resolves, the session just runs on.
-            std::future::pending::<()>().await;
-        }
-    }
 }

@@ -1,0 +1,94 @@
+//! What the queue hands to a next hop: one [`Job`] (a message and the recipients due now)
+//! given to a [`Transport`] — MX delivery, a smarthost, or the sandbox directory.
+
+use crate::sandbox::Sandbox;
+use crate::types::{AttemptResult, Envelope, HopInfo, MessageId, RcptOutcome, Reply};
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One delivery attempt of one message: the recipients at `rcpts` (indices into
+/// `env.recipients`). The message's own TLS floor travels in `env.tls_floor`.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    pub id: MessageId,
+    pub env: &'a Envelope,
+    pub content: &'a [u8],
+    pub rcpts: &'a [usize],
+}
+
+impl<'a> Job<'a> {
+    /// The same message for a subset of its recipients.
+    pub fn with_rcpts(self, rcpts: &'a [usize]) -> Job<'a> {
+        Job { rcpts, ..self }
+    }
+
+    /// The same result for every recipient of the job.
+    pub fn all(&self, result: AttemptResult, hop: Option<HopInfo>) -> Vec<RcptOutcome> {
+        same_for_all(self.rcpts, result, hop)
+    }
+}
+
+/// One outcome per recipient index, all the same.
+pub(crate) fn same_for_all(
+    rcpts: &[usize],
+    result: AttemptResult,
+    hop: Option<HopInfo>,
+) -> Vec<RcptOutcome> {
+    rcpts
+        .iter()
+        .map(|&index| RcptOutcome {
+            index,
+            result: result.clone(),
+            hop: hop.clone(),
+        })
+        .collect()
+}
+
+/// Something that can carry a message to its next hop. Must return one outcome per
+/// index in `job.rcpts`.
+pub trait Transport: Send + Sync + 'static {
+    fn deliver<'a>(&'a self, job: Job<'a>) -> BoxFuture<'a, Vec<RcptOutcome>>;
+}
+
+/// Sandbox transport: writes `<ID>.eml` + envelope and calls it delivered.
+pub struct SandboxTransport {
+    sandbox: Sandbox,
+}
+
+impl SandboxTransport {
+    pub fn new(sandbox: Sandbox) -> Self {
+        SandboxTransport { sandbox }
+    }
+}
+
+impl Transport for SandboxTransport {
+    fn deliver<'a>(&'a self, job: Job<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        Box::pin(async move {
+            let sandbox = self.sandbox.clone();
+            let (id, env, data) = (job.id, job.env.clone(), job.content.to_vec());
+            let res = tokio::task::spawn_blocking(move || sandbox.write(id, &env, &data)).await;
+            let result = match res {
+                Ok(Ok(())) => {
+                    AttemptResult::Delivered(Reply::new(250, "2.0.0", "written to sandbox"))
+                }
+                Ok(Err(e)) => AttemptResult::Transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("sandbox write failed: {e}"),
+                )),
+                Err(e) => AttemptResult::Transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("sandbox task failed: {e}"),
+                )),
+            };
+            let hop = HopInfo {
+                method: "sandbox".into(),
+                ..HopInfo::default()
+            };
+            job.all(result, Some(hop))
+        })
+    }
+}
