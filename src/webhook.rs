@@ -9,21 +9,16 @@
 
 use crate::config::{WebhookConfig, WebhookEvent};
 use crate::metrics::{Metrics, WEBHOOK_POSTS};
+use crate::tls::https::{HttpsClient, Resolve};
 use crate::types::MessageId;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
 use serde::Serialize;
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 /// Events buffered per hook before new ones are dropped.
@@ -31,6 +26,8 @@ const CHANNEL: usize = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A receiver's answer body is read (so the connection can be reused) up to this size.
+const RESPONSE_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -105,45 +102,23 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Where a hook POSTs to.
+/// Where a hook POSTs to: an absolute http(s) URL with a host.
 #[derive(Debug, Clone)]
 struct Target {
-    https: bool,
-    host: String,
-    port: u16,
-    /// Path and query.
-    path: String,
-    /// Value of the Host header.
-    authority: String,
+    uri: hyper::Uri,
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err("scheme must be http or https".into()),
-    };
-    let host = uri
-        .host()
-        .ok_or("no host")?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-    let path = uri
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "/".into());
-    Ok(Target {
-        https,
-        host,
-        port,
-        path,
-        authority,
-    })
+    if !matches!(uri.scheme_str(), Some("https" | "http")) {
+        return Err("scheme must be http or https".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    Ok(Target { uri })
 }
 
 struct Hook {
@@ -176,7 +151,9 @@ impl Webhooks {
         if cfgs.is_empty() {
             return Ok(Self::none(metrics));
         }
-        let tls = client_config()?;
+        let tls = crate::tls::client::with_roots(crate::tls::client::webpki_roots())
+            .map_err(|e| WebhookError::Tls(e.to_string()))?;
+        let http = HttpsClient::new(tls, Resolve::System, true, REQUEST_TIMEOUT);
         let mut hooks = Vec::new();
         for (index, cfg) in cfgs.iter().enumerate() {
             let path = cfg.secret_file.display().to_string();
@@ -197,7 +174,7 @@ impl Webhooks {
                 secret,
                 include_addresses: cfg.include_addresses,
                 max_attempts: cfg.max_attempts.max(1),
-                tls: tls.clone(),
+                http: http.clone(),
                 metrics: metrics.clone(),
                 index,
             };
@@ -226,28 +203,12 @@ impl Webhooks {
     }
 }
 
-fn client_config() -> Result<Arc<ClientConfig>, WebhookError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| WebhookError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 struct Sender {
     target: Target,
     secret: Vec<u8>,
     include_addresses: bool,
     max_attempts: u32,
-    tls: Arc<ClientConfig>,
+    http: HttpsClient,
     metrics: Arc<Metrics>,
     index: usize,
 }
@@ -298,35 +259,17 @@ impl Sender {
     }
 
     async fn post(&self, body: Vec<u8>, sig: &str) -> Result<u16, String> {
-        let t = &self.target;
-        let tcp = TcpStream::connect((t.host.as_str(), t.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let io: Box<dyn Io> = if t.https {
-            let name = ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
-            let tls = TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("tls: {e}"))?;
-            Box::new(tls)
-        } else {
-            Box::new(tcp)
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = hyper::Request::post(t.path.as_str())
-            .header(hyper::header::HOST, t.authority.as_str())
+        let req = hyper::Request::post(self.target.uri.clone())
             .header(hyper::header::USER_AGENT, "phigate")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("X-Phigate-Signature", sig)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        Ok(resp.status().as_u16())
+        // The receiver's answer is not used beyond its status.
+        match self.http.send(req, RESPONSE_LIMIT).await {
+            Ok(resp) => Ok(resp.status),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -364,13 +307,13 @@ mod tests {
     #[test]
     fn urls() {
         let t = parse_url("http://127.0.0.1:8080/hook?x=1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.uri.port_u16(), Some(8080));
         assert_eq!(
-            (t.https, t.host.as_str(), t.port),
-            (false, "127.0.0.1", 8080)
+            t.uri.path_and_query().map(|p| p.as_str()),
+            Some("/hook?x=1")
         );
-        assert_eq!(t.path, "/hook?x=1");
-        let t = parse_url("https://ehr.example/cb").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((t.https, t.port), (true, 443));
+        assert!(parse_url("https://ehr.example/cb").is_ok());
         assert!(parse_url("ftp://x/").is_err());
+        assert!(parse_url("/relative").is_err());
     }
 }

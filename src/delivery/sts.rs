@@ -7,20 +7,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::dns::{DnsError, Resolver};
+use crate::tls::https::{HttpsClient, HttpsError, Resolve};
 use crate::tls::mta_sts::{
     self, after_fetch, decide, CacheDecision, CachedPolicy, Policy, StsError, TxtLookup,
 };
@@ -128,7 +125,9 @@ pub struct StsResult {
 }
 
 pub struct StsClient {
-    tls: Arc<ClientConfig>,
+    http: HttpsClient,
+    /// Policy host → the addresses `fetch` resolved for it, read by the HTTPS client.
+    pinned: Arc<Mutex<HashMap<String, Vec<IpAddr>>>>,
     timeout: Duration,
     /// 443 except in tests.
     pub port: u16,
@@ -136,8 +135,20 @@ pub struct StsClient {
 
 impl StsClient {
     pub fn new(tls: Arc<ClientConfig>, timeout: Duration) -> Self {
+        let pinned: Arc<Mutex<HashMap<String, Vec<IpAddr>>>> = Arc::default();
+        let table = pinned.clone();
+        let resolve = Resolve::With(Arc::new(move |host: String| {
+            let ips = table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&host)
+                .cloned()
+                .unwrap_or_default();
+            Box::pin(async move { Ok(ips) })
+        }));
         StsClient {
-            tls,
+            http: HttpsClient::new(tls, resolve, false, timeout),
+            pinned,
             timeout,
             port: 443,
         }
@@ -314,49 +325,35 @@ impl StsClient {
         domain: &str,
     ) -> Result<Policy, FetchError> {
         let host = mta_sts::policy_host(domain)?;
+        // Resolved here, with phigate's own resolver, so a DNS failure is reported as one;
+        // the HTTPS client then connects to exactly these addresses.
         let ips = resolver.ip(&host).await?;
-        let ip = *ips.records.first().ok_or(FetchError::NoAddress)?;
-        let tcp = TcpStream::connect(SocketAddr::new(ip, self.port))
-            .await
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        let name = ServerName::try_from(host.clone()).map_err(|e| FetchError::Io(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| FetchError::Tls(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = hyper::Request::get("/.well-known/mta-sts.txt")
-            .header(hyper::header::HOST, host.as_str())
-            .header(hyper::header::USER_AGENT, "phigate")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut body = Vec::new();
-        let mut incoming = resp.into_body();
-        while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(|e| FetchError::Io(e.to_string()))?;
-            if let Some(chunk) = frame.data_ref() {
-                mta_sts::append_body_chunk(&mut body, chunk)?;
-            }
+        if ips.records.is_empty() {
+            return Err(FetchError::NoAddress);
         }
+        self.pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.clone(), ips.records);
+        let uri = if self.port == 443 {
+            format!("https://{host}/.well-known/mta-sts.txt")
+        } else {
+            format!("https://{host}:{}/.well-known/mta-sts.txt", self.port)
+        };
+        let req = hyper::Request::get(uri)
+            .header(hyper::header::USER_AGENT, "phigate")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        let resp = match self.http.send(req, mta_sts::MAX_POLICY_BYTES).await {
+            Ok(r) => r,
+            Err(HttpsError::TooLarge(_)) => return Err(mta_sts::StsError::PolicyTooLarge.into()),
+            Err(HttpsError::Timeout) => return Err(FetchError::Timeout),
+            Err(HttpsError::Request(e)) => return Err(FetchError::Io(e)),
+        };
         Ok(mta_sts::policy_from_response(
-            status,
-            ctype.as_deref(),
-            &body,
+            resp.status,
+            resp.content_type.as_deref(),
+            &resp.body,
         )?)
     }
 }
@@ -429,13 +426,8 @@ mod tests {
     }
 
     fn client() -> StsClient {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        StsClient::new(Arc::new(tls), Duration::from_secs(2))
+        let tls = crate::tls::client::with_roots(rustls::RootCertStore::empty()).expect("tls");
+        StsClient::new(tls, Duration::from_secs(2))
     }
 
     fn entry(id: &str, fetched_at: u64, max_age: u64) -> CacheEntry {

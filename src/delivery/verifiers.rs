@@ -66,15 +66,7 @@ impl Built {
 }
 
 fn config_with(verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // TLS 1.2 and 1.3 only: rustls never offers 1.0/1.1.
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::tls::client::with_verifier(verifier).map_err(|e| e.to_string())
 }
 
 impl Verifiers {

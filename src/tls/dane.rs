@@ -127,8 +127,13 @@ pub fn match_chain(
     reference_names: &[String],
     now: UnixTime,
 ) -> DaneResult {
-    let provider = rustls::crypto::ring::default_provider();
-    match_chain_with(&provider, tlsa, chain, reference_names, now)
+    match_chain_with(
+        &super::client::provider(),
+        tlsa,
+        chain,
+        reference_names,
+        now,
+    )
 }
 
 fn match_chain_with(
@@ -378,7 +383,7 @@ impl DaneVerifier {
         Ok(DaneVerifier {
             tlsa,
             reference_names,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: super::client::provider(),
             matched: Mutex::new(None),
         })
     }

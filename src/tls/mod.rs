@@ -45,7 +45,9 @@ macro_rules! provider_handshake_signatures {
 }
 pub(crate) use provider_handshake_signatures;
 
+pub mod client;
 pub mod dane;
+pub mod https;
 pub mod mta_sts;
 pub mod peer_verify;
 pub mod server;

@@ -36,7 +36,7 @@ pub struct EncryptOnlyVerifier {
 impl EncryptOnlyVerifier {
     pub fn new() -> Self {
         EncryptOnlyVerifier {
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: super::client::provider(),
         }
     }
 }
@@ -94,12 +94,9 @@ pub fn pkix_verifier(
             })?;
         }
     }
-    WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .build()
-    .map_err(|e| PeerVerifyError::Verifier(e.to_string()))
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::client::provider())
+        .build()
+        .map_err(|e| PeerVerifyError::Verifier(e.to_string()))
 }
 
 /// Test support: a real rustls handshake over an in-memory duplex pipe.
