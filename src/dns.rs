@@ -99,6 +99,14 @@ fn normalise(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// A name as error messages show it: the root zone is `.`, not an empty string.
+fn shown(name: &str) -> String {
+    match normalise(name) {
+        n if n.is_empty() => ".".to_string(),
+        n => n,
+    }
+}
+
 /// Resolver settings taken from `[delivery]`.
 #[derive(Debug, Clone, Default)]
 pub struct ResolverSettings {
@@ -172,7 +180,7 @@ impl HickoryResolver {
                     .collect();
                 let status = status_of(&records);
                 if status == DnssecStatus::Bogus {
-                    return Err(DnsError::Bogus(normalise(name)));
+                    return Err(DnsError::Bogus(shown(name)));
                 }
                 Ok((records, status))
             }
@@ -181,10 +189,10 @@ impl HickoryResolver {
                 let reason = e.to_string();
                 // hickory reports validation failures as errors carrying the proof.
                 if reason.to_ascii_lowercase().contains("bogus") {
-                    Err(DnsError::Bogus(normalise(name)))
+                    Err(DnsError::Bogus(shown(name)))
                 } else {
                     Err(DnsError::Temporary {
-                        name: normalise(name),
+                        name: shown(name),
                         reason,
                     })
                 }
@@ -434,5 +442,20 @@ impl Resolver for StaticResolver {
     }
     fn txt<'a>(&'a self, name: &'a str) -> DnsFuture<'a, String> {
         Box::pin(async move { static_get(&self.txt, name) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_zone_is_shown_as_dot() {
+        assert_eq!(shown("."), ".");
+        assert_eq!(shown("Example.ORG."), "example.org");
+        assert_eq!(
+            DnsError::Bogus(shown(".")).to_string(),
+            "DNSSEC validation failed for ."
+        );
     }
 }

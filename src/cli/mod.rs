@@ -141,8 +141,14 @@ impl CliError {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    // hickory logs whole DNS responses (recipient domains) at WARN for unsigned zones:
+    // its own lines stay at error level unless RUST_LOG asks for them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},hickory_proto=error,hickory_resolver=error",
+            cli.log_level
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
