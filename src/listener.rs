@@ -2,7 +2,7 @@
 //! after STARTTLS) and run sessions.
 
 use crate::config::TlsMode;
-use crate::smtp::session::{ConnInfo, ListenerInfo, Session, SessionEnd, Shared};
+use crate::smtp::session::{self, ConnInfo, ListenerInfo, SessionEnd, Shared};
 use crate::tls::server::{session_info, ServerTls};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -183,9 +183,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: ListenerCtx) {
         TlsMode::Starttls => {
             info!(session = %id, peer = %peer.ip(), listener = %ctx.info.name, "session opened");
             if let SessionEnd::StartTls(tcp) =
-                Session::new(tcp, shared.clone(), ctx.info.clone(), conn.clone())
-                    .run(true)
-                    .await
+                session::run(tcp, shared.clone(), ctx.info.clone(), conn.clone(), true).await
             {
                 if let Some((tls, conn)) = handshake(tcp, conn, &ctx).await {
                     run_session(tls, conn, &ctx, shared.clone(), false).await;
@@ -211,21 +209,8 @@ async fn handshake(
                 client_cert = info.client_cert_sha256.as_deref().unwrap_or("-"),
                 "TLS established"
             );
-            let audit = ctx
-                .shared
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .audit
-                .clone();
-            if let Some(a) = audit {
-                let ip = conn.peer.ip().to_string();
-                a.record_now(crate::audit::AuditEvent::session_opened(
-                    &conn.id,
-                    &ip,
-                    &ctx.info.name,
-                    Some(&info),
-                ));
-            }
+            let shared = ctx.shared.read().unwrap_or_else(|p| p.into_inner()).clone();
+            shared.audit_session_opened(&conn.id, conn.peer, &ctx.info.name, &info);
             conn.tls = Some(info);
             conn.client_cert = cert;
             Some((tls, conn))
@@ -249,7 +234,5 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     greet: bool,
 ) {
     // A TLS session cannot ask for STARTTLS again (it gets 503), so only Closed is expected.
-    let _ = Session::new(io, shared, ctx.info.clone(), conn)
-        .run(greet)
-        .await;
+    let _ = session::run(io, shared, ctx.info.clone(), conn, greet).await;
 }

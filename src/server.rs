@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
@@ -176,6 +177,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         cfg.auth.lockout.duration(),
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Sessions already wait on a CancellationToken (issue #13 step 5 moves the rest).
+    let session_stop = CancellationToken::new();
     // The queue stops only after the sessions have drained, so mail accepted during the
     // grace period is still delivered if it can be.
     let (queue_stop_tx, queue_stop_rx) = watch::channel(false);
@@ -193,7 +196,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         audit,
         handoff,
         limiter,
-        shutdown: shutdown_rx.clone(),
+        shutdown: session_stop.clone(),
         metrics: metrics.clone(),
     };
     let shared = Arc::new(RwLock::new(build_shared(&cfg, &services)?));
@@ -271,6 +274,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     metrics.set_ready(false);
     let _ = shutdown_tx.send(true);
+    session_stop.cancel();
     for t in accept_tasks {
         let _ = t.await;
     }
@@ -425,7 +429,7 @@ struct Services {
     audit: Arc<crate::audit::Audit>,
     handoff: Arc<dyn Handoff>,
     limiter: Arc<FailureLimiter>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 }
 
