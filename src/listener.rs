@@ -3,7 +3,7 @@
 
 use crate::audit::AuditEvent;
 use crate::config::TlsMode;
-use crate::smtp::session::{ConnInfo, ListenerInfo, Session, SessionEnd, Shared};
+use crate::smtp::session::{self, ConnInfo, ListenerInfo, SessionEnd, Shared};
 use crate::tls::server::{session_info, ServerTls};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -180,9 +180,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: ListenerCtx) {
         TlsMode::Starttls => {
             info!(session = %id, peer = %peer.ip(), listener = %ctx.info.name, "session opened");
             if let SessionEnd::StartTls(tcp) =
-                Session::new(tcp, shared.clone(), ctx.info.clone(), conn.clone())
-                    .run(true)
-                    .await
+                session::run(tcp, shared.clone(), ctx.info.clone(), conn.clone(), true).await
             {
                 if let Some((tls, conn)) = handshake(tcp, conn, &ctx).await {
                     run_session(tls, conn, &ctx, shared.clone(), false).await;
@@ -234,7 +232,5 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     greet: bool,
 ) {
     // A TLS session cannot ask for STARTTLS again (it gets 503), so only Closed is expected.
-    let _ = Session::new(io, shared, ctx.info.clone(), conn)
-        .run(greet)
-        .await;
+    let _ = session::run(io, shared, ctx.info.clone(), conn, greet).await;
 }
