@@ -593,24 +593,31 @@ impl Gateway {
         self.data.join("sandbox")
     }
 
-    /// Stored messages: (id, .eml bytes, .json envelope), sorted by id. The queue
-    /// delivers to the sandbox just after the 250, so wait until the count has been
-    /// stable for half a second (at most 15 s).
+    /// Stored messages: (id, .eml bytes, .json envelope), sorted by id, once the sandbox
+    /// holds all there will be. The positive signal is the daemon's own log: every message
+    /// it accepted (its `policy decision` line says accept or tag) has had its delivery
+    /// attempt logged. A refused message leaves no such line, so "nothing stored" holds
+    /// because the daemon said so, not because delivery was slower than a fixed wait.
+    /// Held (quarantined) messages are not waited for. The 30 s deadline is a hang guard.
     pub fn messages(&self) -> Vec<(String, Vec<u8>, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut last = self.messages_now();
-        let mut stable_since = Instant::now();
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = self.messages_now();
-            if now.len() != last.len() {
-                stable_since = Instant::now();
-                last = now;
-            } else if stable_since.elapsed() >= Duration::from_millis(500) {
-                return now;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let attempted: Vec<String> = log_ids(&log, "delivery attempt", &[]);
+            let waiting = log_ids(&log, "policy decision", &["accept", "tag"])
+                .into_iter()
+                .any(|id| !attempted.contains(&id));
+            if !waiting {
+                return self.messages_now();
             }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "messages(): accepted messages still undelivered after 30 s (hang guard)"
+                );
+                return self.messages_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        last
     }
 
     fn messages_now(&self) -> Vec<(String, Vec<u8>, Value)> {
@@ -854,6 +861,31 @@ impl Drop for Gateway {
             eprintln!("--- phigate log ---\n{}", self.log());
         }
     }
+}
+
+/// Message IDs of the log lines with `message` whose `action` is one of `actions` (any
+/// when empty). Reads both log formats: `msg_id=ID action="accept"` and JSON.
+fn log_ids(log: &str, message: &str, actions: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter(|l| {
+            actions.is_empty()
+                || actions.iter().any(|a| {
+                    l.contains(&format!("action=\"{a}\""))
+                        || l.contains(&format!("action={a} "))
+                        || l.contains(&format!("\"action\":\"{a}\""))
+                })
+        })
+        .filter_map(|l| {
+            let at = l.find("msg_id")? + "msg_id".len();
+            let rest = l[at..].trim_start_matches(['=', '"', ':', ' ']);
+            let id: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            (id.len() == 26).then_some(id)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
