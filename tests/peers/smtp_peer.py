@@ -11,6 +11,8 @@ may have:
   drain     seconds to keep reading extra replies (to catch smuggled transactions)
   tls       true: wrap the socket in TLS now (after STARTTLS's 220)
   sleep     seconds to wait before the step
+  touch     path to create when the step starts (all earlier replies are in), so a test
+            can wait for that point instead of sleeping
   wait_file path to wait for (up to 60 s) before the step
   timeout   read timeout for this step (default 15 s)
 Prints JSON: {"greeting": reply, "steps": [{"replies": [reply...], "closed": bool}],
@@ -88,6 +90,9 @@ class Peer:
                 return {"code": code, "lines": lines}
 
     def step(self, st):
+        if st.get("touch"):
+            with open(st["touch"], "w"):
+                pass
         if st.get("wait_file"):
             deadline = time.time() + 60
             while not os.path.exists(st["wait_file"]) and time.time() < deadline:
