@@ -11,7 +11,15 @@ shift || true
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then mapfile -t targets < <(cargo fuzz list); fi
+# With no targets named, every file under fuzz_targets/ must run: an empty or short
+# `cargo fuzz list` would otherwise end in a green run that fuzzed nothing.
+expected=()
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(cargo fuzz list)
+    for f in fuzz_targets/*.rs; do expected+=("$(basename "$f" .rs)"); done
+    [ ${#expected[@]} -gt 0 ] || { echo "fuzz: no targets under fuzz/fuzz_targets/" >&2; exit 1; }
+fi
+ran=()
 # One build for all targets, so a compile error fails here instead of looking like a quiet run.
 cargo fuzz build
 mkdir -p logs
@@ -28,5 +36,19 @@ for t in "${targets[@]}"; do
         echo "fuzz target $t failed (exit $rc): see fuzz/logs/$t.log and fuzz/artifacts/$t/" >&2
         exit 1
     fi
+    # Ran means libFuzzer executed inputs, not only that cargo exited 0.
+    units=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n 1)
+    if [ "${units:-0}" -eq 0 ]; then
+        echo "fuzz target $t executed no inputs: see fuzz/logs/$t.log" >&2
+        exit 1
+    fi
+    ran+=("$t")
 done
+for t in "${expected[@]}"; do
+    if ! printf '%s\n' "${ran[@]}" | grep -qx -- "$t"; then
+        echo "fuzz target $t (fuzz/fuzz_targets/$t.rs) did not run; \`cargo fuzz list\` gave: ${targets[*]}" >&2
+        exit 1
+    fi
+done
+[ ${#ran[@]} -gt 0 ] || { echo "fuzz: no target ran" >&2; exit 1; }
 echo "fuzz: ${#targets[@]} targets ran ${secs}s each without a crash"

@@ -2,7 +2,7 @@
 # phigate's single test command (README and .ci/run use it).
 #
 # Installs the independent SMTP peers the integration tests drive (swaks, Postfix,
-# openssl, Python with aiosmtpd, testssl, tshark, rsyslog) when they are missing on a
+# openssl, Python with aiosmtpd and cryptography, testssl, tshark, rsyslog) when missing on a
 # Debian/Ubuntu machine, then runs `cargo test --all-targets`. Extra arguments go to
 # cargo test, e.g.
 #   scripts/test.sh --test ingress_smuggling
@@ -19,15 +19,17 @@ need_install() {
   perl -MIO::Socket::SSL -e 1 >/dev/null 2>&1 || return 0
   # tests/peers/tls_sink.py (the receiving MTA of tests/phi_leak.rs).
   /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || return 0
+  # tests/peers/oracle_store.py (the independent reader of tests/oracles.rs).
+  /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || return 0
   return 1
 }
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
@@ -38,7 +40,7 @@ if need_install; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
       knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
-      python3-aiosmtpd testssl.sh tshark rsyslog \
+      python3-aiosmtpd python3-cryptography testssl.sh tshark rsyslog \
       >/dev/null
   fi
 fi

@@ -1,52 +1,17 @@
 //! Durability under abuse, through the real binary: SIGKILL at random moments under
 //! load, and a spool on a full filesystem. A `250` is a promise; none may be broken.
 
-#[path = "peers/harness.rs"]
-mod harness;
+mod common;
 
-use harness::{have, parse_load, peer_script, Gateway, Opts, PYTHON};
+use common::{require_tool, Gateway, GwOpts, PYTHON};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Start the Python load client in the background; its report goes to a file (a pipe
-/// nobody reads until it exits would fill up and stall it).
-fn load(
-    gw: &Gateway,
-    count: u32,
-    size: u32,
-    threads: u32,
-    secs: u32,
-    extra: &[&str],
-) -> std::process::Child {
-    Command::new(PYTHON)
-        .arg(peer_script())
-        .arg("load")
-        .args([
-            gw.port.to_string(),
-            count.to_string(),
-            size.to_string(),
-            threads.to_string(),
-            secs.to_string(),
-        ])
-        .args(extra)
-        .stdout(std::fs::File::create(gw.tmp.path().join("load.out")).expect("load.out"))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start load client")
-}
-
-/// Wait for the load client and parse its report.
-fn finish(gw: &Gateway, mut client: std::process::Child) -> (Vec<(u64, String)>, Vec<String>) {
-    let st = client.wait().expect("wait for load client");
-    assert!(st.success(), "load client failed: {st}");
-    parse_load(&std::fs::read_to_string(gw.tmp.path().join("load.out")).expect("load.out"))
-}
 
 /// The sandbox file of `id` holds message number `n` intact.
 fn check_delivered(gw: &Gateway, n: u64, id: &str, size: usize) -> Result<(), String> {
-    let path = gw.sandbox().join(format!("{id}.eml"));
+    let path = gw.sandbox_dir().join(format!("{id}.eml"));
     let bytes = std::fs::read(&path).map_err(|e| format!("{id} (message {n}): {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
     let token = format!("phigate-test-{n}-");
@@ -61,27 +26,37 @@ fn check_delivered(gw: &Gateway, n: u64, id: &str, size: usize) -> Result<(), St
 
 #[test]
 fn sigkill_under_load_loses_no_accepted_message() {
-    if !have(PYTHON) {
+    if !require_tool(PYTHON) {
         return;
     }
     const COUNT: u32 = 2000;
     const SIZE: u32 = 10 * 1024;
-    let mut gw = Gateway::new(Opts::default());
-    gw.start();
-    let mut client = load(&gw, COUNT, SIZE, 16, 180, &[]);
+    let mut gw = Gateway::configure(GwOpts::spool());
+    gw.launch();
+    let mut client = gw.load(COUNT, SIZE, 16, 180, &[]);
     let mut rng = rand::thread_rng();
-    let mut kills = 0;
     let started = Instant::now();
-    while client.try_wait().expect("poll client").is_none() {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
-        if client.try_wait().expect("poll client").is_some() {
-            break;
-        }
-        gw.kill9();
-        kills += 1;
-        gw.start();
+    // The first kill comes as soon as the client holds a 250 (so at least one kill lands
+    // mid-load however fast or slow the machine is), the rest at random moments until
+    // the client is done. How many fit in is the machine's business, not the property.
+    let load_out = gw.tmp.path().join("load.out");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&load_out).is_ok_and(|t| t.contains("OK ")) {
+        assert!(
+            client.try_wait().expect("poll client").is_none(),
+            "load client ended before any 250"
+        );
+        assert!(Instant::now() < deadline, "no 250 in 120 s (hang guard)");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let (ok, other) = finish(&gw, client);
+    let mut kills = 0;
+    while client.try_wait().expect("poll client").is_none() {
+        gw.kill();
+        kills += 1;
+        gw.launch();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..2000)));
+    }
+    let (ok, other) = gw.finish_load(client);
     assert!(
         !other.iter().any(|l| l.starts_with("GIVEUP")),
         "client gave up: {other:?}"
@@ -91,11 +66,11 @@ fn sigkill_under_load_loses_no_accepted_message() {
         COUNT as usize,
         "every message must get a 250 in the end"
     );
-    assert!(kills >= 3, "only {kills} kills in {:?}", started.elapsed());
+    assert!(kills >= 1, "no SIGKILL while the client was sending");
 
     // One more crash, then a clean run drains what is left.
-    gw.kill9();
-    gw.start();
+    gw.kill();
+    gw.launch();
     gw.wait_drained(Duration::from_secs(60));
     gw.stop();
 
@@ -116,7 +91,9 @@ fn sigkill_under_load_loses_no_accepted_message() {
     // again), and deliveries repeated because a crash hit between delivery and the
     // state update (at-least-once).
     let acked: BTreeSet<&str> = ok.iter().map(|(_, id)| id.as_str()).collect();
-    let files = std::fs::read_dir(gw.sandbox()).expect("sandbox").flatten();
+    let files = std::fs::read_dir(gw.sandbox_dir())
+        .expect("sandbox")
+        .flatten();
     let unacked = files
         .filter_map(|e| {
             e.file_name()
@@ -128,7 +105,7 @@ fn sigkill_under_load_loses_no_accepted_message() {
         .count();
     let mut deliveries: BTreeMap<String, u32> = BTreeMap::new();
     for l in gw
-        .log_text()
+        .log()
         .lines()
         .filter(|l| l.contains("result=\"delivered\""))
     {
@@ -146,7 +123,7 @@ fn sigkill_under_load_loses_no_accepted_message() {
 
 #[test]
 fn full_disk_gives_452_and_recovers_without_restart() {
-    if !have(PYTHON) {
+    if !require_tool(PYTHON) {
         return;
     }
     let mnt = tempfile::tempdir().expect("mount point");
@@ -173,20 +150,22 @@ fn full_disk_gives_452_and_recovers_without_restart() {
     let data = mnt.path().join("data");
     // min_free off: this test drives the store itself into ENOSPC (the min_free refusal
     // is tested in ingress_rejections.rs).
-    let mut gw = Gateway::new(Opts {
-        data_dir: Some(data.clone()),
-        min_free: Some("0"),
-        ..Opts::default()
-    });
+    let mut gw = Gateway::configure(
+        GwOpts {
+            data_dir: Some(data.clone()),
+            ..GwOpts::spool()
+        }
+        .min_free("0"),
+    );
     std::fs::create_dir_all(&data).expect("data dir");
     // Ballast the operator deletes to free space.
     let ballast = mnt.path().join("ballast");
     std::fs::write(&ballast, vec![0u8; 2 << 20]).expect("ballast");
-    gw.start();
+    gw.launch();
 
     const SIZE: u32 = 20 * 1024;
-    let client = load(&gw, 2000, SIZE, 4, 60, &["stop-on-temp"]);
-    let (ok, other) = finish(&gw, client);
+    let client = gw.load(2000, SIZE, 4, 60, &["stop-on-temp"]);
+    let (ok, other) = gw.finish_load(client);
     assert!(
         other
             .iter()
@@ -198,11 +177,11 @@ fn full_disk_gives_452_and_recovers_without_restart() {
 
     std::fs::remove_file(&ballast).expect("free space");
     // Same process: accepts again once space is back.
-    let client = load(&gw, 5, 1024, 1, 30, &[]);
-    let (after, other) = finish(&gw, client);
+    let client = gw.load(5, 1024, 1, 30, &[]);
+    let (after, other) = gw.finish_load(client);
     if after.len() != 5 {
         let df = Command::new("df").arg(mnt.path()).output().expect("df");
-        let log = gw.log_text();
+        let log = gw.log();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         panic!(
             "no service after freeing space: {:?}\n{}\n{tail:#?}",

@@ -55,6 +55,8 @@ struct Log {
     data: Vec<Vec<u8>>,
     /// TCP connections accepted.
     connections: usize,
+    /// Sessions closed by `close_idle_after` (counted once the close has gone out).
+    idle_closed: usize,
 }
 
 struct Pki {
@@ -212,6 +214,9 @@ async fn tls_phase<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
         if upper == "RSET" && opts.close_idle_after.is_some_and(|n| transactions >= n) {
+            let _ = r.get_mut().shutdown().await;
+            drop(r);
+            log.lock().expect("log").idle_closed += 1;
             return;
         }
     }
@@ -998,8 +1003,16 @@ async fn session_closed_by_server_while_idle_is_replaced() {
     let (d, _f) = reuse_deliverer(port, &ca, 1, 1);
     send_nth(&d, 0, false, None).await;
     assert_eq!(d.idle_connections(), 1);
-    // Let the server's close reach us.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The server has closed the idle session (on loopback its FIN is then already in our
+    // receive queue); the deadline is a hang guard.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.lock().expect("log").idle_closed == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server never closed the idle session (hang guard)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // With one permit each (held by the dead idle session), this would hang if the dead
     // session were not found and dropped.
     let o = tokio::time::timeout(

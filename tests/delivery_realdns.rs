@@ -221,17 +221,18 @@ struct Seen {
     /// Transactions (MAIL to the end-of-DATA reply) in progress, and the most at once.
     active: usize,
     max_active: usize,
-    /// Wait before answering the end of DATA (makes deliveries overlap).
-    slow: bool,
+    /// Hold the end-of-DATA reply until this many transactions have been in progress at
+    /// once, or for at most this long (makes deliveries overlap without betting on timing).
+    hold: Option<(usize, Duration)>,
 }
 
 type SeenLog = Arc<Mutex<Seen>>;
 
 async fn receiver(addr: SocketAddr, cert: &Cert) -> SeenLog {
-    receiver_with(addr, cert, false).await
+    receiver_with(addr, cert, None).await
 }
 
-async fn receiver_with(addr: SocketAddr, cert: &Cert, slow: bool) -> SeenLog {
+async fn receiver_with(addr: SocketAddr, cert: &Cert, hold: Option<(usize, Duration)>) -> SeenLog {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = Arc::new(
         rustls::ServerConfig::builder_with_provider(provider)
@@ -243,7 +244,7 @@ async fn receiver_with(addr: SocketAddr, cert: &Cert, slow: bool) -> SeenLog {
     );
     let listener = TcpListener::bind(addr).await.expect("bind receiver");
     let log: SeenLog = Arc::default();
-    log.lock().expect("log").slow = slow;
+    log.lock().expect("log").hold = hold;
     let log2 = log.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -296,9 +297,15 @@ async fn tls_session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: &SeenLog
         if let Some(b) = body.as_mut() {
             if raw == b".\r\n" {
                 let msg = body.take().unwrap_or_default();
-                let slow = log.lock().expect("log").slow;
-                if slow {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                let hold = log.lock().expect("log").hold;
+                if let Some((want, most)) = hold {
+                    let until = tokio::time::Instant::now() + most;
+                    // A latch: once `want` were open together, everyone may answer.
+                    while log.lock().expect("log").max_active < want
+                        && tokio::time::Instant::now() < until
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 {
                     let mut l = log.lock().expect("log");
@@ -933,12 +940,15 @@ fn nix_root() -> bool {
 }
 
 /// `per_destination_connections` caps simultaneous connections to one domain; with a
-/// higher cap the same deliveries do overlap (so the first check is not vacuous).
+/// higher cap the same deliveries do overlap (so the first check is not vacuous). The
+/// receiver holds each end-of-DATA reply until three transactions are open at once, so
+/// under cap 3 all three must overlap (20 s is a hang guard), and under cap 1 a second
+/// connection has half a second per message to show up (it must not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_destination_connection_limit() {
     let port = free_port();
     let cert = self_signed("mx.limit.test");
-    let seen = receiver_with(lo(8, port), &cert, true).await;
+    let seen = receiver_with(lo(8, port), &cert, None).await;
     let r = StaticResolver::new()
         .with_mx(
             "limit.test",
@@ -950,7 +960,11 @@ async fn per_destination_connection_limit() {
             DnssecStatus::Insecure,
             &[IpAddr::from([127, 0, 0, 8])],
         );
-    for (limit, want_max) in [(1, 1), (3, 3)] {
+    for (limit, want_max, most) in [
+        (1, 1, Duration::from_secs(1)),
+        (3, 3, Duration::from_secs(20)),
+    ] {
+        seen.lock().expect("log").hold = Some((3, most));
         let mut cfg = DeliveryConfig::with_mode(DeliveryMode::Mx);
         cfg.mx_port = port;
         cfg.per_destination_connections = limit;

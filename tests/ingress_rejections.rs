@@ -190,10 +190,9 @@ fn idle_client_times_out_with_421_4_4_2() {
         line.starts_with("421 4.4.2 ") && line.contains("Timeout"),
         "{line}"
     );
-    assert!(
-        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
-        "{waited:?}"
-    );
+    // Not before the timeout; how much later is the machine's business (the client's
+    // 15 s read timeout is the hang guard).
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
     assert!(c.closed(), "connection left open after timeout");
 }
 
@@ -244,7 +243,7 @@ fn plaintext_pipelined_after_starttls_is_discarded_and_state_resets() {
         vec![
             send("EHLO ehr.clinic.test\r\n"),
             send("STARTTLS\r\nMAIL FROM:<a@b.example>\r\n"),
-            serde_json::json!({"tls": true, "send": "EHLO ehr.clinic.test\r\n", "drain": 0.5}),
+            serde_json::json!({"tls": true, "send": "EHLO ehr.clinic.test\r\n", "sentinel": true}),
             send("MAIL FROM:<a@b.example>\r\n"),
         ],
     ));
@@ -320,7 +319,8 @@ fn spool_below_min_free_refuses_with_452_and_writes_nothing() {
         t.raw
     );
     assert_eq!(t.line(3), "250 2.0.0 Ok", "{:?}", t.raw);
-    std::thread::sleep(Duration::from_millis(300));
+    // The 452 is the daemon's word that nothing was accepted; messages() waits for any
+    // message it did accept.
     assert!(gw.messages().is_empty(), "a refused message was delivered");
     assert!(gw.log().contains("nearly full"), "{}", gw.log());
 }

@@ -6,7 +6,26 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
-fn held_transaction(gw: &Gateway, go: &std::path::Path, listener: &str) -> serde_json::Value {
+/// Wait (hang guard: 30 s) until the peer has created `path` (its `touch` step).
+fn wait_touched(path: &std::path::Path, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} not reached in 30 s (hang guard)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A session that stops after MAIL and RCPT were answered (creating `ready`) until
+/// `go` exists.
+fn held_transaction(
+    gw: &Gateway,
+    ready: &std::path::Path,
+    go: &std::path::Path,
+    listener: &str,
+) -> serde_json::Value {
     gw.peer(
         listener,
         vec![
@@ -15,7 +34,7 @@ fn held_transaction(gw: &Gateway, go: &std::path::Path, listener: &str) -> serde
                 "MAIL FROM:<sender@clinic.test>\r\nRCPT TO:<patient@example.net>\r\n",
                 2,
             ),
-            json!({"wait_file": go, "send": "DATA\r\n"}),
+            json!({"touch": ready, "wait_file": go, "send": "DATA\r\n"}),
             send("Subject: held\r\n\r\nfinished after the signal\r\n.\r\n"),
             send("QUIT\r\n"),
         ],
@@ -32,18 +51,10 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     let old = served_fingerprint(port, &gw.pki.ca);
     assert_eq!(old, pem_fingerprint(&gw.pki.cert));
 
-    let go = gw.tmp.path().join("go");
-    let held = py_spawn(held_transaction(&gw, &go, "smtps"));
-    // Wait until the held session is mid-transaction.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while gw.log().matches("TLS established").count() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "held session never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let (ready, go) = (gw.tmp.path().join("ready"), gw.tmp.path().join("go"));
+    let held = py_spawn(held_transaction(&gw, &ready, &go, "smtps"));
+    // The held session is mid-transaction once its MAIL and RCPT were answered.
+    wait_touched(&ready, "held session mid-transaction");
 
     let (cert, key) = gw.pki.new_server_cert();
     std::fs::write(&gw.pki.key, key).expect("write key");
@@ -94,11 +105,9 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Still alive, and (the positive check) still serving the last good certificate.
     let mut gw = gw;
-    assert!(
-        gw.wait_exit(Duration::from_millis(200)).is_none(),
-        "process died"
-    );
+    assert!(gw.wait_exit(Duration::ZERO).is_none(), "process died");
     assert_eq!(served_fingerprint(port, &gw.pki.ca), new);
 }
 
@@ -109,6 +118,7 @@ fn sigterm_answers_idle_sessions_finishes_transactions_and_exits_zero() {
     }
     let mut gw = Gateway::start(GwOpts::default());
     let go = gw.tmp.path().join("go");
+    let (busy_ready, idle_ready) = (gw.tmp.path().join("busy"), gw.tmp.path().join("idle"));
     let mut spec = gw.peer(
         "submission",
         vec![
@@ -120,7 +130,7 @@ fn sigterm_answers_idle_sessions_finishes_transactions_and_exits_zero() {
                 "MAIL FROM:<sender@clinic.test>\r\nRCPT TO:<patient@example.net>\r\n",
                 2,
             ),
-            json!({"wait_file": go, "send": "DATA\r\n"}),
+            json!({"touch": busy_ready, "wait_file": go, "send": "DATA\r\n"}),
             send("Subject: held\r\n\r\nfinished during shutdown\r\n.\r\n"),
             send("QUIT\r\n"),
         ],
@@ -131,18 +141,12 @@ fn sigterm_answers_idle_sessions_finishes_transactions_and_exits_zero() {
         "smtps",
         vec![
             send("EHLO ehr.clinic.test\r\n"),
-            json!({"replies": 1, "timeout": 30}),
+            json!({"touch": idle_ready, "replies": 1, "timeout": 30}),
         ],
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while gw.log().matches("TLS established").count() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sessions never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    // Both sessions in place: the busy one mid-transaction, the idle one after EHLO.
+    wait_touched(&busy_ready, "busy session mid-transaction");
+    wait_touched(&idle_ready, "idle session after EHLO");
     gw.signal("TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !gw.log().contains("shutting down") {
@@ -159,12 +163,16 @@ fn sigterm_answers_idle_sessions_finishes_transactions_and_exits_zero() {
         t.line(1),
         format!("421 4.3.2 {HOSTNAME} Service shutting down")
     );
-    // New connections are no longer accepted.
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", gw.port("smtps"))).is_err(),
-        "still accepting after SIGTERM"
-    );
+    // New connections are no longer accepted (while the busy session still holds the
+    // process up). The deadline is a hang guard.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", gw.port("smtps"))).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting 10 s after SIGTERM (hang guard)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The session in the middle of a transaction finishes it.
     std::fs::write(&go, b"").expect("release busy session");
     let t = py_wait(busy);

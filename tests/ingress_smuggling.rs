@@ -54,7 +54,7 @@ fn probe(gw: &Gateway, listener: &str, auth: bool, seq: &Seq) -> Value {
         "MAIL FROM:<probe@clinic.test>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n",
         3,
     ));
-    steps.push(serde_json::json!({"send": payload, "replies": 1, "drain": 0.6}));
+    steps.push(serde_json::json!({"send": payload, "replies": 1, "sentinel": true}));
     gw.peer(listener, steps)
 }
 

@@ -38,21 +38,24 @@ fn outcomes_are_posted_signed_and_retried_after_a_500() {
         ..GwOpts::default()
     });
     let canary = "zq7hookcanary";
-    let t = py(gw.peer(
-        "smtps",
-        vec![
-            send("EHLO ehr.clinic.test\r\n"),
-            send_n(
-                &format!(
-                    "MAIL FROM:<sender@clinic.test>\r\nRCPT TO:<{canary}@example.net>\r\nDATA\r\n"
+    let submit = || {
+        let t = py(gw.peer(
+            "smtps",
+            vec![
+                send("EHLO ehr.clinic.test\r\n"),
+                send_n(
+                    &format!(
+                        "MAIL FROM:<sender@clinic.test>\r\nRCPT TO:<{canary}@example.net>\r\nDATA\r\n"
+                    ),
+                    3,
                 ),
-                3,
-            ),
-            send(&format!("Subject: {canary}\r\n\r\nlab result\r\n.\r\n")),
-            send("QUIT\r\n"),
-        ],
-    ));
-    let id = t.steps[2].replies[0].queued_id().expect("queued");
+                send(&format!("Subject: {canary}\r\n\r\nlab result\r\n.\r\n")),
+                send("QUIT\r\n"),
+            ],
+        ));
+        t.steps[2].replies[0].queued_id().expect("queued")
+    };
+    let id = submit();
 
     // First POST gets 500; the retry comes about a second later.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -65,9 +68,27 @@ fn outcomes_are_posted_signed_and_retried_after_a_500() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    let all = got.lock().expect("lock").clone();
-    assert_eq!(all.len(), 2, "a 200 must stop the retries: {all:?}");
+    // The webhook's sender posts one event at a time, in order: a second message's event
+    // arrives only once the first is done, so its arrival (not a fixed wait) shows that
+    // the 200 stopped the retries.
+    let second = submit();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.lock().expect("lock").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no event for the second message in 20 s (hang guard)\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut all = got.lock().expect("lock").clone();
+    let third: serde_json::Value = serde_json::from_slice(&all[2].body).expect("json payload");
+    assert_eq!(
+        third["message_id"],
+        serde_json::json!(second),
+        "a 200 must stop the retries: {all:?}"
+    );
+    all.truncate(2);
     assert_eq!(all[0].body, all[1].body, "the retry carries the same event");
     for r in &all {
         let signature = r.header("X-Phigate-Signature").unwrap_or_default();

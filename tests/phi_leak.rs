@@ -467,7 +467,32 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         envelopes().len(),
         String::from_utf8_lossy(&read(&err_path))
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Positive signal that nothing else is on its way: the daemon logged both deliveries
+    // (message 1 and the DSN) and queued one DSN only; message 2 was refused and message 3
+    // is held.
+    let delivered = || {
+        String::from_utf8_lossy(&read(&err_path))
+            .lines()
+            .filter(|l| l.contains("delivery attempt") && l.contains("\"result\":\"delivered\""))
+            .count()
+    };
+    assert!(
+        wait_for(
+            "both deliveries logged",
+            Duration::from_secs(60),
+            || delivered() >= 2
+        ),
+        "phigate log:\n{}",
+        String::from_utf8_lossy(&read(&err_path))
+    );
+    assert_eq!(delivered(), 2, "deliveries logged");
+    assert_eq!(
+        String::from_utf8_lossy(&read(&err_path))
+            .matches("DSN queued")
+            .count(),
+        1,
+        "DSNs queued"
+    );
     let got = envelopes();
     assert_eq!(got.len(), 2, "exactly the message and its DSN: {got:?}");
     let (msg_path, msg_env) = got

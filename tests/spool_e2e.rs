@@ -2,16 +2,12 @@
 //! disk, key rotation through the CLI, queue and quarantine commands over the control
 //! socket, and clear errors when the daemon is not running.
 
-#[path = "peers/harness.rs"]
-mod harness;
-
-#[path = "common/canary.rs"]
-mod canary;
+mod common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use canary::{contains, forms};
-use harness::{have, simple_message, Gateway, Opts, PYTHON};
+use common::canary::{contains, forms};
+use common::{require_tool, simple_message, Gateway, GwOpts, PYTHON};
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,14 +44,11 @@ fn scan(dir: &Path, except: &[&Path], canary: &str, hits: &mut Vec<String>, file
 
 #[test]
 fn canary_is_nowhere_on_disk_but_queue_show_body_recovers_it() {
-    if !have(PYTHON) {
+    if !require_tool(PYTHON) {
         return;
     }
-    let mut gw = Gateway::new(Opts {
-        keep_content: "1h",
-        ..Opts::default()
-    });
-    gw.start();
+    let mut gw = Gateway::configure(GwOpts::spool().keep_content("1h"));
+    gw.launch();
     let canary = format!("PhiCanary{}", hex::encode(rand::random::<[u8; 10]>()));
     let attachment = format!("attached lab result {canary} end");
     let eml = format!(
@@ -71,7 +64,7 @@ fn canary_is_nowhere_on_disk_but_queue_show_body_recovers_it() {
     );
     let id = gw.send_eml(eml.as_bytes());
     gw.wait_drained(Duration::from_secs(20));
-    assert!(gw.sandbox().join(format!("{id}.eml")).exists());
+    assert!(gw.sandbox_dir().join(format!("{id}.eml")).exists());
 
     // The decrypted message comes back whole through the control socket.
     let body = gw.cli(&["queue", "show", &id, "--body"]);
@@ -96,11 +89,11 @@ fn canary_is_nowhere_on_disk_but_queue_show_body_recovers_it() {
         raw.len() as u64,
         json["summary"]["size"].as_u64().expect("size")
     );
-    assert!(gw.log_text().contains(&format!("msg_id={id}")));
-    assert!(gw.log_text().contains("message content viewed"));
+    assert!(gw.log().contains(&format!("msg_id={id}")));
+    assert!(gw.log().contains("message content viewed"));
 
     gw.stop();
-    let sandbox = gw.sandbox();
+    let sandbox = gw.sandbox_dir();
     let own_eml = gw.tmp.path().join("msg.eml");
     let (mut hits, mut files) = (Vec::new(), 0);
     scan(
@@ -125,21 +118,23 @@ fn canary_is_nowhere_on_disk_but_queue_show_body_recovers_it() {
 
 #[test]
 fn key_rotation_list_rewrap_and_bad_keyrings_through_the_cli() {
-    if !have(PYTHON) {
+    if !require_tool(PYTHON) {
         return;
     }
-    let mut gw = Gateway::new(Opts {
-        keep_content: "1h",
-        generate_key: false,
-        ..Opts::default()
-    });
+    let mut gw = Gateway::configure(
+        GwOpts {
+            generate_key: false,
+            ..GwOpts::spool()
+        }
+        .keep_content("1h"),
+    );
     let out = gw.cli_ok(&["keys", "generate"]);
     assert!(out.contains("generated keyring"), "{out}");
     let again = gw.cli(&["keys", "generate"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 
-    gw.start();
+    gw.launch();
     let mut ids = vec![gw.send_eml(&simple_message("gen 1"))];
     for n in 2..=3 {
         let out = gw.cli_ok(&["keys", "rotate"]);
@@ -200,7 +195,7 @@ fn key_rotation_list_rewrap_and_bad_keyrings_through_the_cli() {
     assert!(!err.contains("panicked"), "{err}");
 
     std::fs::set_permissions(&gw.key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    gw.start();
+    gw.launch();
     assert_eq!(
         gw.cli_json(&["keys", "list"]).as_array().map(Vec::len),
         Some(3)
@@ -210,15 +205,15 @@ fn key_rotation_list_rewrap_and_bad_keyrings_through_the_cli() {
 
 #[test]
 fn queue_and_quarantine_commands_against_the_daemon() {
-    if !have(PYTHON) {
+    if !require_tool(PYTHON) {
         return;
     }
-    let mut gw = Gateway::new(Opts::default());
+    let mut gw = Gateway::configure(GwOpts::spool());
     // A file where the sandbox directory should be makes every delivery fail
     // transiently, so messages stay deferred in the queue.
     std::fs::create_dir_all(&gw.data).expect("data dir");
-    std::fs::write(gw.sandbox(), b"not a directory").expect("block sandbox");
-    gw.start();
+    std::fs::write(gw.sandbox_dir(), b"not a directory").expect("block sandbox");
+    gw.launch();
     let a = gw.send_eml(&simple_message("first"));
     let b = gw.send_eml(&simple_message("second"));
 
@@ -284,11 +279,11 @@ fn queue_and_quarantine_commands_against_the_daemon() {
     assert!(String::from_utf8_lossy(&notq.stderr).contains("is not quarantined"));
 
     // Unblock the sandbox; retry --all delivers what is left.
-    std::fs::remove_file(gw.sandbox()).expect("unblock");
+    std::fs::remove_file(gw.sandbox_dir()).expect("unblock");
     gw.cli_ok(&["queue", "retry", "--all"]);
     gw.wait_drained(Duration::from_secs(20));
-    assert!(gw.sandbox().join(format!("{a}.eml")).exists());
-    assert!(!gw.sandbox().join(format!("{b}.eml")).exists());
+    assert!(gw.sandbox_dir().join(format!("{a}.eml")).exists());
+    assert!(!gw.sandbox_dir().join(format!("{b}.eml")).exists());
     gw.stop();
 
     for args in [vec!["queue", "list"], vec!["keys", "list"], vec!["status"]] {

@@ -1,7 +1,8 @@
 //! Integration-test harness: runs the real `phigate` binary on loopback with a
 //! per-test configuration, PKI and data directory, and drives it with independent
 //! peers (Python's ssl/smtplib, swaks, openssl, Postfix) or plain TCP for the
-//! plaintext phase.
+//! plaintext phase; the CLI over the control socket; and the Python load client
+//! (`tests/peers/smtp_send.py`) for the spool and crash tests.
 #![allow(dead_code)]
 
 use rcgen::{
@@ -274,6 +275,39 @@ pub struct GwOpts {
     pub policy: Option<String>,
     /// Extra `[spool]` lines.
     pub spool_extra: String,
+    /// `server.control_socket = "<tmp>/control.sock"` (for the CLI against the daemon).
+    pub control_socket: bool,
+    /// `spool.generate_key`: false to make the keyring with `phigate keys generate`.
+    pub generate_key: bool,
+    /// Where `data_dir` is; None: `<tmp>/data`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl GwOpts {
+    /// The spool and crash tests' gateway: one implicit-TLS listener `smtps` relaying by
+    /// IP from 127.0.0.0/8 (no AUTH), the control socket, a 1 s retry and no content
+    /// kept after delivery.
+    pub fn spool() -> GwOpts {
+        GwOpts {
+            listeners: vec![listener("smtps", "implicit", &["ip"])],
+            allow_networks: vec!["127.0.0.0/8"],
+            control_socket: true,
+            server_extra: "\n[queue]\nretry = [\"1s\"]\n".into(),
+            ..GwOpts::default()
+        }
+    }
+
+    /// `retention.content_after_delivery` (default `0s`).
+    pub fn keep_content(mut self, age: &str) -> GwOpts {
+        self.server_extra += &format!("\n[retention]\ncontent_after_delivery = \"{age}\"\n");
+        self
+    }
+
+    /// `spool.min_free` (`"0"` turns the free-space refusal off).
+    pub fn min_free(mut self, v: &str) -> GwOpts {
+        self.spool_extra += &format!("min_free = \"{v}\"\n");
+        self
+    }
 }
 
 impl Default for GwOpts {
@@ -293,6 +327,9 @@ impl Default for GwOpts {
             delivery: None,
             policy: None,
             spool_extra: String::new(),
+            control_socket: false,
+            generate_key: true,
+            data_dir: None,
         }
     }
 }
@@ -310,6 +347,7 @@ pub struct Gateway {
     pub pki: Pki,
     pub config: PathBuf,
     pub data: PathBuf,
+    pub key_file: PathBuf,
     pub log_path: PathBuf,
     pub ports: Vec<(String, u16)>,
     /// Names of the implicit-TLS listeners.
@@ -323,17 +361,37 @@ fn toml_list(items: &[&str]) -> String {
 }
 
 impl Gateway {
+    /// Configure and start; returns once the daemon logged that it is ready.
     pub fn start(opts: GwOpts) -> Gateway {
+        let log_level = opts.log_level;
+        let mut gw = Gateway::configure(opts);
+        gw.spawn(log_level);
+        gw
+    }
+
+    /// Write the configuration (and users) without starting the daemon; `launch` starts it.
+    pub fn configure(opts: GwOpts) -> Gateway {
         let tmp = tempfile::tempdir().expect("tempdir");
         let pki = Pki::new(tmp.path());
-        let data = tmp.path().join("data");
+        let data = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("data"));
+        let control = if opts.control_socket {
+            format!(
+                "control_socket = \"{}\"\n",
+                tmp.path().join("control.sock").display()
+            )
+        } else {
+            String::new()
+        };
         let ports: Vec<(String, u16)> = opts
             .listeners
             .iter()
             .map(|l| (l.name.clone(), free_port()))
             .collect();
         let mut cfg = format!(
-            "[server]\nhostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\nshutdown_grace = \"20s\"\n{}\n",
+            "[server]\nhostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\nshutdown_grace = \"20s\"\n{control}{}\n",
             data.display(),
             opts.server_extra
         );
@@ -354,13 +412,14 @@ impl Gateway {
             cfg += &format!("client_ca = \"{}\"\n", pki.client_ca.display());
         }
         cfg += &format!(
-            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\n{}\n[spool]\nkey_file = \"{}\"\ngenerate_key = true\n",
+            "\n[auth]\nusers_file = \"{}\"\nallow_networks = {}\n{}\n{}\n\n[delivery]\n{}\n[spool]\nkey_file = \"{}\"\ngenerate_key = {}\n",
             tmp.path().join("users").display(),
             toml_list(&opts.allow_networks),
             opts.auth_extra,
             opts.auth_extra_pki.as_ref().map(|f| f(&pki)).unwrap_or_default(),
             opts.delivery.as_deref().unwrap_or("mode = \"sandbox\"\n"),
-            tmp.path().join("master.keys").display()
+            tmp.path().join("master.keys").display(),
+            opts.generate_key
         );
         cfg += &opts.spool_extra;
         if let Some(text) = &opts.policy {
@@ -370,8 +429,9 @@ impl Gateway {
         }
         let config = tmp.path().join("phigate.toml");
         std::fs::write(&config, cfg).expect("write config");
-        let mut gw = Gateway {
+        let gw = Gateway {
             log_path: tmp.path().join("phigate.log"),
+            key_file: tmp.path().join("master.keys"),
             tmp,
             pki,
             config,
@@ -388,8 +448,12 @@ impl Gateway {
         for u in &opts.users {
             gw.add_user(u, PASSWORD);
         }
-        gw.spawn(opts.log_level);
         gw
+    }
+
+    /// Start the daemon configured by `configure` (or again after `kill`/`stop`).
+    pub fn launch(&mut self) {
+        self.restart("info");
     }
 
     /// `phigate user add NAME --config CFG` with the password on stdin.
@@ -417,8 +481,15 @@ impl Gateway {
         );
     }
 
+    /// Start the daemon; the log is appended to across restarts (a crash test reads the
+    /// deliveries of every run), so readiness is looked for after the old end.
     fn spawn(&mut self, log_level: &str) {
-        let log = std::fs::File::create(&self.log_path).expect("log file");
+        let before = self.log().len();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
         let child = Command::new(BIN)
             .args(["serve", "--log-level", log_level, "--config"])
             .arg(&self.config)
@@ -433,7 +504,11 @@ impl Gateway {
         loop {
             // Logged only after every listener is bound. No probe connections: they
             // would hold connection-limit slots the tests count on.
-            if self.log().contains("phigate ready") {
+            if self
+                .log()
+                .get(before..)
+                .is_some_and(|l| l.contains("phigate ready"))
+            {
                 break;
             }
             if let Some(st) = self
@@ -518,24 +593,31 @@ impl Gateway {
         self.data.join("sandbox")
     }
 
-    /// Stored messages: (id, .eml bytes, .json envelope), sorted by id. The queue
-    /// delivers to the sandbox just after the 250, so wait until the count has been
-    /// stable for half a second (at most 15 s).
+    /// Stored messages: (id, .eml bytes, .json envelope), sorted by id, once the sandbox
+    /// holds all there will be. The positive signal is the daemon's own log: every message
+    /// it accepted (its `policy decision` line says accept or tag) has had its delivery
+    /// attempt logged. A refused message leaves no such line, so "nothing stored" holds
+    /// because the daemon said so, not because delivery was slower than a fixed wait.
+    /// Held (quarantined) messages are not waited for. The 30 s deadline is a hang guard.
     pub fn messages(&self) -> Vec<(String, Vec<u8>, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut last = self.messages_now();
-        let mut stable_since = Instant::now();
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = self.messages_now();
-            if now.len() != last.len() {
-                stable_since = Instant::now();
-                last = now;
-            } else if stable_since.elapsed() >= Duration::from_millis(500) {
-                return now;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let attempted: Vec<String> = log_ids(&log, "delivery attempt", &[]);
+            let waiting = log_ids(&log, "policy decision", &["accept", "tag"])
+                .into_iter()
+                .any(|id| !attempted.contains(&id));
+            if !waiting {
+                return self.messages_now();
             }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "messages(): accepted messages still undelivered after 30 s (hang guard)"
+                );
+                return self.messages_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        last
     }
 
     fn messages_now(&self) -> Vec<(String, Vec<u8>, Value)> {
@@ -603,6 +685,163 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Start expecting start-up to fail; returns the exit status and what it logged.
+    pub fn start_fails(&self) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "already running");
+        let before = self.log().len();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn phigate serve");
+        // Hang guard only: a daemon that should have refused to start keeps running.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return (st, self.log().get(before..).unwrap_or("").to_string());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "phigate kept running when start-up should fail:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run the CLI on this gateway's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run phigate CLI")
+    }
+
+    /// Run a CLI command that must succeed; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "phigate {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.cli_ok(&a)).expect("CLI JSON output")
+    }
+
+    /// Send one message with the Python client to the `smtps` listener; returns the
+    /// queued ID from the `250`.
+    pub fn send_eml(&self, eml: &[u8]) -> String {
+        let path = self.tmp.path().join("msg.eml");
+        std::fs::write(&path, eml).expect("write eml");
+        let out = Command::new(PYTHON)
+            .arg(peer_script())
+            .args(["eml", &self.port("smtps").to_string()])
+            .arg(&path)
+            .output()
+            .expect("run python");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.starts_with("250 "),
+            "send failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.split("queued as ")
+            .nth(1)
+            .map(|s| s.trim().to_string())
+            .expect("queued as ID")
+    }
+
+    /// Wait until the daemon reports nothing pending (`timeout` is a hang guard).
+    pub fn wait_drained(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.cli_json(&["queue", "stats"]);
+            if st["pending"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue did not drain in {timeout:?} (hang guard): {st}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start the Python load client against `smtps` in the background; its report goes
+    /// to a file (a pipe nobody reads until it exits would fill up and stall it).
+    pub fn load(&self, count: u32, size: u32, threads: u32, secs: u32, extra: &[&str]) -> Child {
+        Command::new(PYTHON)
+            .arg(peer_script())
+            .arg("load")
+            .args([
+                self.port("smtps").to_string(),
+                count.to_string(),
+                size.to_string(),
+                threads.to_string(),
+                secs.to_string(),
+            ])
+            .args(extra)
+            .stdout(std::fs::File::create(self.tmp.path().join("load.out")).expect("load.out"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start load client")
+    }
+
+    /// Wait for the load client and parse its report.
+    pub fn finish_load(&self, mut client: Child) -> (Vec<(u64, String)>, Vec<String>) {
+        let st = client.wait().expect("wait for load client");
+        assert!(st.success(), "load client failed: {st}");
+        parse_load(&std::fs::read_to_string(self.tmp.path().join("load.out")).expect("load.out"))
+    }
+}
+
+/// The Python SMTP client for the spool and crash tests (`eml` and `load` modes).
+pub fn peer_script() -> PathBuf {
+    peers_dir().join("smtp_send.py")
+}
+
+/// Parse the load client's output: (message number, queued ID) for every `250`, and the
+/// other lines.
+pub fn parse_load(stdout: &str) -> (Vec<(u64, String)>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut other = Vec::new();
+    for l in stdout.lines() {
+        let f: Vec<&str> = l.splitn(3, ' ').collect();
+        match f.as_slice() {
+            ["OK", n, id] => ok.push((n.parse().expect("number"), id.to_string())),
+            _ => other.push(l.to_string()),
+        }
+    }
+    (ok, other)
+}
+
+pub fn simple_message(subject: &str) -> Vec<u8> {
+    format!("From: a@example.org\r\nTo: b@example.net\r\nSubject: {subject}\r\n\r\nhello\r\n")
+        .into_bytes()
+}
+
+impl Gateway {
     /// Kills the daemon (SIGKILL) and waits for it, releasing the spool.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -622,6 +861,31 @@ impl Drop for Gateway {
             eprintln!("--- phigate log ---\n{}", self.log());
         }
     }
+}
+
+/// Message IDs of the log lines with `message` whose `action` is one of `actions` (any
+/// when empty). Reads both log formats: `msg_id=ID action="accept"` and JSON.
+fn log_ids(log: &str, message: &str, actions: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter(|l| {
+            actions.is_empty()
+                || actions.iter().any(|a| {
+                    l.contains(&format!("action=\"{a}\""))
+                        || l.contains(&format!("action={a} "))
+                        || l.contains(&format!("\"action\":\"{a}\""))
+                })
+        })
+        .filter_map(|l| {
+            let at = l.find("msg_id")? + "msg_id".len();
+            let rest = l[at..].trim_start_matches(['=', '"', ':', ' ']);
+            let id: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            (id.len() == 26).then_some(id)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------

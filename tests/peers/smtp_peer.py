@@ -9,8 +9,13 @@ may have:
   send      text sent as latin-1 bytes (so any byte 0-255 can be written)
   replies   number of complete SMTP replies to read afterwards (default 1)
   drain     seconds to keep reading extra replies (to catch smuggled transactions)
+  sentinel  true: after the replies, send HELP and keep every reply until its 214 (or
+            EOF): replies come in order, so this collects all extra replies (smuggled
+            transactions) without a fixed read window
   tls       true: wrap the socket in TLS now (after STARTTLS's 220)
   sleep     seconds to wait before the step
+  touch     path to create when the step starts (all earlier replies are in), so a test
+            can wait for that point instead of sleeping
   wait_file path to wait for (up to 60 s) before the step
   timeout   read timeout for this step (default 15 s)
 Prints JSON: {"greeting": reply, "steps": [{"replies": [reply...], "closed": bool}],
@@ -88,6 +93,9 @@ class Peer:
                 return {"code": code, "lines": lines}
 
     def step(self, st):
+        if st.get("touch"):
+            with open(st["touch"], "w"):
+                pass
         if st.get("wait_file"):
             deadline = time.time() + 60
             while not os.path.exists(st["wait_file"]) and time.time() < deadline:
@@ -108,6 +116,16 @@ class Peer:
             if r is None:
                 break
             out["replies"].append(r)
+        if st.get("sentinel") and not self.closed:
+            try:
+                self.sock.sendall(b"HELP\r\n")
+            except (ConnectionError, ssl.SSLError, OSError):
+                self.closed = True
+            while True:
+                r = self.read_reply(timeout)
+                if r is None or r["code"] == 214:
+                    break
+                out["replies"].append(r)
         if st.get("drain"):
             while True:
                 r = self.read_reply(st["drain"])
