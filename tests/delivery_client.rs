@@ -2,9 +2,12 @@
 //! resolver: hostile servers, certificate checks, MX fallback, null MX, REQUIRETLS,
 //! smarthost AUTH, DANE-EE, MTA-STS.
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use common::deliver;
 use phigate::config::{DeliveryConfig, DeliveryMode, SmarthostConfig};
 use phigate::delivery::sts::MemoryStsCache;
 use phigate::delivery::{AttemptResult, Deliverer, RcptOutcome};
@@ -1085,23 +1088,4 @@ async fn concurrent_messages_respect_the_destination_cap_with_pooling() {
     assert!((1..=2).contains(&c), "{c} connections with a cap of 2");
     each_once(&log, 6);
     assert!(d.idle_connections() <= 2);
-}
-
-/// One delivery attempt through the library API, with `floor` as the message's own TLS floor.
-async fn deliver(
-    d: &Deliverer,
-    env: &phigate::types::Envelope,
-    content: &[u8],
-    rcpts: &[usize],
-    floor: Option<phigate::types::TlsLevel>,
-) -> Vec<RcptOutcome> {
-    let mut env = env.clone();
-    env.tls_floor = floor.or(env.tls_floor);
-    let job = phigate::delivery::Job {
-        id: phigate::types::MessageId::new(),
-        env: &env,
-        content,
-        rcpts,
-    };
-    d.deliver(job).await
 }

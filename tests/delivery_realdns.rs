@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, require_tool, Gateway, GwOpts};
+use common::{deliver, free_port, require_tool, Gateway, GwOpts};
 use phigate::config::{DeliveryConfig, DeliveryMode, Seconds};
 use phigate::delivery::sts::MemoryStsCache;
 use phigate::delivery::{AttemptResult, Deliverer, RcptOutcome};
@@ -1142,23 +1142,4 @@ async fn mta_sts_over_a_real_signed_zone() {
         "{report:?}"
     );
     assert_eq!(report.hosts[0].requirement, "mta-sts", "{report:?}");
-}
-
-/// One delivery attempt through the library API, with `floor` as the message's own TLS floor.
-async fn deliver(
-    d: &Deliverer,
-    env: &phigate::types::Envelope,
-    content: &[u8],
-    rcpts: &[usize],
-    floor: Option<phigate::types::TlsLevel>,
-) -> Vec<RcptOutcome> {
-    let mut env = env.clone();
-    env.tls_floor = floor.or(env.tls_floor);
-    let job = phigate::delivery::Job {
-        id: phigate::types::MessageId::new(),
-        env: &env,
-        content,
-        rcpts,
-    };
-    d.deliver(job).await
 }

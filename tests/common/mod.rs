@@ -17,7 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod canary;
+pub mod delivery;
 pub mod http;
+
+#[allow(unused_imports)]
+pub use delivery::deliver;
 #[allow(unused_imports)]
 pub use http::{http_get, http_receiver, metric_sample, Post};
 
