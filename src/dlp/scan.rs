@@ -2,6 +2,7 @@
 //! validators and context decide what is reported and how confidently.
 
 use super::context::{self, Keywords};
+use super::extract::{self, Limits};
 use super::names as n;
 use super::normalize::normalize;
 use super::validators as v;
@@ -95,6 +96,7 @@ pub struct Scanner {
     identifiers: HashSet<String>,
     health_detectors: HashSet<String>,
     hasher: RandomState,
+    limits: Limits,
 }
 
 impl Scanner {
@@ -106,10 +108,18 @@ impl Scanner {
                 reason: e.to_string(),
             })?;
         let mut names: HashSet<String> = n::ALL.iter().map(|s| s.to_string()).collect();
-        let mut identifiers: HashSet<String> = [n::SSN, n::ITIN, n::MBI, n::HICN, n::MRN, n::DOB]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut identifiers: HashSet<String> = [
+            n::SSN,
+            n::ITIN,
+            n::MBI,
+            n::HICN,
+            n::MRN,
+            n::DOB,
+            n::PATIENT_NAME,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let mut health_detectors: HashSet<String> =
             [n::ICD10, n::NPI, n::DEA, n::MBI, n::HICN, n::HEALTH_TERM]
                 .iter()
@@ -185,10 +195,17 @@ impl Scanner {
             identifiers,
             health_detectors,
             hasher: RandomState::new(),
+            limits: cfg.limits.clone(),
         })
     }
 
-    /// Scan every segment of the view; undecodable parts become findings too.
+    /// The attachment extraction limits this scanner applies.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Scan every segment of the view and the text extracted from its attachments;
+    /// undecodable parts and extraction flags become findings too.
     pub fn scan(&self, view: &TextView) -> ScanResult {
         let mut findings = Vec::new();
         for seg in &view.segments {
@@ -197,6 +214,7 @@ impl Scanner {
                 scanner: self,
                 source: seg.source,
                 part: seg.part,
+                origin: None,
                 findings: &mut findings,
             };
             self.scan_builtin(&text, &mut out);
@@ -213,9 +231,17 @@ impl Scanner {
                 confidence: Confidence::High,
                 masked: u.reason.to_string(),
                 fingerprint: u.part as u64,
+                origin: None,
+                origin_redacted: None,
             });
         }
-        let hipaa_phi = self.hipaa(view, &findings);
+        let ext = if view.blobs.is_empty() {
+            extract::Extraction::default()
+        } else {
+            extract::run(&view.blobs, &self.limits)
+        };
+        let clinical = self.scan_extraction(&ext, &mut findings);
+        let hipaa_phi = self.hipaa(view, &ext, &findings, clinical);
         let mut distinct: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
         for f in &findings {
             distinct
@@ -230,6 +256,97 @@ impl Scanner {
         }
     }
 
+    /// Text, structured fields and flags from attachments. Returns whether a clinical
+    /// record (HL7, CDA, FHIR) yielded a patient identifier: health information by
+    /// definition, for the HIPAA rule.
+    fn scan_extraction(&self, ext: &extract::Extraction, findings: &mut Vec<Finding>) -> bool {
+        let part_of = |o: &extract::Origin| o.chain.first().map_or(0, |n| n.index);
+        for (origin, text) in &ext.texts {
+            let text = normalize(text);
+            let mut out = Out {
+                scanner: self,
+                source: Source::Attachment,
+                part: part_of(origin),
+                origin: Some(origin),
+                findings,
+            };
+            self.scan_builtin(&text, &mut out);
+            self.scan_custom(&text, &mut out);
+        }
+        let mut clinical = false;
+        for f in &ext.fields {
+            let mut out = Out {
+                scanner: self,
+                source: Source::Attachment,
+                part: part_of(&f.origin),
+                origin: Some(&f.origin),
+                findings,
+            };
+            if self.structured(f, &mut out) {
+                let s = f.origin.section.as_deref().unwrap_or_default();
+                clinical |= ["hl7:", "cda:", "fhir:"].iter().any(|p| s.starts_with(p));
+            }
+        }
+        for flag in &ext.flags {
+            if self.disabled.contains(flag.detector) {
+                continue;
+            }
+            let label = flag.origin.label();
+            findings.push(Finding {
+                detector: flag.detector.to_string(),
+                location: Location {
+                    source: Source::Attachment,
+                    part: part_of(&flag.origin),
+                    offset: 0,
+                },
+                confidence: Confidence::High,
+                masked: flag.reason.to_string(),
+                fingerprint: self.hasher.hash_one((flag.detector, &label)),
+                origin: Some(label),
+                origin_redacted: Some(flag.origin.redacted()),
+            });
+        }
+        clinical
+    }
+
+    /// A value from a known field, validated like free text; accepted values are
+    /// high confidence (the field says what they are).
+    fn structured(&self, f: &extract::Field, out: &mut Out<'_, '_>) -> bool {
+        let val = normalize(&f.value);
+        let mut buf = [0u8; 32];
+        let compact = compact_into(&val, &mut buf);
+        let c = Confidence::High;
+        match f.detector {
+            n::SSN if v::ssn(compact) => out.push_norm(n::SSN, 0, &val, compact, c),
+            n::SSN if v::itin(compact) => out.push_norm(n::ITIN, 0, &val, compact, c),
+            n::DOB
+                if compact.len() == 8 && compact.iter().all(u8::is_ascii_digit) && {
+                    let d = |r: std::ops::Range<usize>| {
+                        std::str::from_utf8(&compact[r])
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    v::birth_date(d(0..4), d(4..6), d(6..8))
+                } =>
+            {
+                out.push_norm(n::DOB, 0, &val, compact, c)
+            }
+            n::DOB if plausible_date(&val) => out.push_norm(n::DOB, 0, &val, compact, c),
+            n::MRN if (3..=32).contains(&compact.len()) => out.push(n::MRN, 0, &val, c),
+            n::PATIENT_NAME if val.chars().any(char::is_alphabetic) => {
+                // Word order differs between formats (family first or last).
+                let mut words: Vec<String> =
+                    val.split_whitespace().map(str::to_lowercase).collect();
+                words.sort();
+                let key = words.join(" ");
+                out.push_norm(n::PATIENT_NAME, 0, &val, key.as_bytes(), c)
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// Scan one plain text as a message body (benchmarks, tests).
     pub fn scan_text(&self, text: &str) -> ScanResult {
         self.scan(&TextView::from_text(text))
@@ -237,7 +354,13 @@ impl Scanner {
 
     /// Identifier plus health information. Health terms are searched only when an
     /// identifier was found, keeping the common no-PHI path to one pass.
-    fn hipaa(&self, view: &TextView, findings: &[Finding]) -> bool {
+    fn hipaa(
+        &self,
+        view: &TextView,
+        ext: &extract::Extraction,
+        findings: &[Finding],
+        clinical: bool,
+    ) -> bool {
         let strong = |f: &&Finding| f.confidence >= Confidence::Medium;
         let has_identifier = findings
             .iter()
@@ -251,11 +374,16 @@ impl Scanner {
             .filter(strong)
             .any(|f| self.health_detectors.contains(&f.detector));
         has_health
+            || clinical
             || !self.disabled.contains(n::HEALTH_TERM)
-                && view
+                && (view
                     .segments
                     .iter()
                     .any(|s| self.health.any(&normalize(&s.text)))
+                    || ext
+                        .texts
+                        .iter()
+                        .any(|(_, t)| self.health.any(&normalize(t))))
     }
 
     fn ctx(&self, text: &str, start: usize, end: usize) -> u32 {
@@ -511,6 +639,7 @@ struct Out<'s, 'f> {
     scanner: &'s Scanner,
     source: Source,
     part: usize,
+    origin: Option<&'f extract::Origin>,
     findings: &'f mut Vec<Finding>,
 }
 
@@ -539,6 +668,8 @@ impl Out<'_, '_> {
             confidence: c,
             masked: mask(value),
             fingerprint,
+            origin: self.origin.map(extract::Origin::label),
+            origin_redacted: self.origin.map(extract::Origin::redacted),
         });
     }
 }

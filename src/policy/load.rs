@@ -121,6 +121,8 @@ fn validate(p: &PolicyFile, _text: &str) -> Result<(), (Option<usize>, String)> 
             ));
         }
     }
+    // Message `[dlp.limits] key: must be in range` names the key for check-config.
+    p.dlp.limits.validate().map_err(|m| (None, m))?;
     if p.dlp.custom.iter().any(|c| c.name.is_none()) {
         return Err((None, "every [[dlp.custom]] detector needs a name".into()));
     }
