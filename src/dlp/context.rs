@@ -13,6 +13,9 @@ pub const CARD: u32 = 1 << 4;
 pub const ABA: u32 = 1 << 5;
 pub const ICD: u32 = 1 << 6;
 pub const DOB: u32 = 1 << 7;
+/// The NPI named explicitly (not just "provider"): required for NPIs written with
+/// dashes, whose shape is shared with phone numbers.
+pub const NPI_ID: u32 = 1 << 8;
 
 const WORDS: &[(&str, u32)] = &[
     ("ssn", SSN),
@@ -27,9 +30,9 @@ const WORDS: &[(&str, u32)] = &[
     ("taxpayer", SSN),
     ("tin", SSN),
     ("tax id", SSN),
-    ("npi", NPI),
-    ("npi#", NPI),
-    ("national provider", NPI),
+    ("npi", NPI | NPI_ID),
+    ("npi#", NPI | NPI_ID),
+    ("national provider", NPI | NPI_ID),
     ("provider", NPI),
     ("prescriber", NPI | DEA),
     ("physician", NPI),

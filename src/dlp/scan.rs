@@ -28,6 +28,7 @@ enum Kind {
     Email,
     Mbi,
     Hicn,
+    DotSsn,
     Dea,
     Icd,
     Date,
@@ -39,20 +40,27 @@ enum Kind {
 /// One multi-pattern regex finds candidates of every built-in kind in one pass; the
 /// matching pattern's ID gives the kind, so no capture groups are resolved. ASCII word
 /// boundaries keep the lazy DFA fast (text is normalised to ASCII digits first).
-const PATTERNS: [(Kind, &str); 9] = [
+const PATTERNS: [(Kind, &str); 10] = [
     (
         Kind::Email,
         r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
     ),
+    // Case-insensitive: lower-case MBIs are accepted only with Medicare context.
     (
         Kind::Mbi,
-        r"(?-u:\b)[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y]{2}[0-9]{2}(?-u:\b)",
+        r"(?-u:\b)(?i:[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y]{2}[0-9]{2})(?-u:\b)",
     ),
     (
         Kind::Hicn,
         r"(?-u:\b)[0-9]{3}[ \-]?[0-9]{2}[ \-]?[0-9]{4}[ \-]?[A-Z][0-9A-Z]?(?-u:\b)",
     ),
-    (Kind::Dea, r"(?-u:\b)[A-Z][A-Z9][0-9]{7}(?-u:\b)"),
+    // SSNs written with dots: 536.22.8901.
+    (
+        Kind::DotSsn,
+        r"(?-u:\b)[0-9]{3}\.[0-9]{2}\.[0-9]{4}(?-u:\b)",
+    ),
+    // Case-insensitive: lower-case DEA numbers are accepted only with DEA context.
+    (Kind::Dea, r"(?-u:\b)(?i:[A-Z][A-Z9])[0-9]{7}(?-u:\b)"),
     (
         Kind::Icd,
         r"(?-u:\b)[A-TV-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?(?-u:\b)",
@@ -424,11 +432,42 @@ impl Scanner {
         let val = &text[s..e];
         let mut buf = [0u8; 16];
         let compact = compact_into(val, &mut buf);
+        let lower = compact.iter().any(u8::is_ascii_lowercase);
+        let mut upper_buf = [0u8; 16];
+        let upper = &mut upper_buf[..compact.len()];
+        upper.copy_from_slice(compact);
+        upper.make_ascii_uppercase();
+        let upper = &*upper;
+        // Glued to a longer dotted token (an IP address, a version): not an SSN.
+        let dotted_glue = |i: Option<usize>| {
+            i.and_then(|i| text.as_bytes().get(i))
+                .is_some_and(|b| *b == b'.')
+        };
         match kind {
             Kind::Email => out.push(n::EMAIL, s, val, Confidence::Low),
+            Kind::Mbi
+                if lower && v::mbi(upper) && self.ctx(text, s, e) & context::MEDICARE != 0 =>
+            {
+                out.push_norm(n::MBI, s, val, upper, Confidence::High);
+            }
             Kind::Mbi if v::mbi(compact) => {
                 let c = self.level(text, s, e, context::MEDICARE, Confidence::Medium);
                 out.push_norm(n::MBI, s, val, compact, c);
+            }
+            Kind::DotSsn
+                if !dotted_glue(s.checked_sub(1)) && !dotted_glue(Some(e)) && v::ssn(compact) =>
+            {
+                let c = self.level(text, s, e, context::SSN, Confidence::Medium);
+                out.push_norm(n::SSN, s, val, compact, c);
+            }
+            Kind::DotSsn
+                if !dotted_glue(s.checked_sub(1)) && !dotted_glue(Some(e)) && v::itin(compact) =>
+            {
+                let c = self.level(text, s, e, context::SSN, Confidence::Medium);
+                out.push_norm(n::ITIN, s, val, compact, c);
+            }
+            Kind::Dea if lower && v::dea(upper) && self.ctx(text, s, e) & context::DEA != 0 => {
+                out.push_norm(n::DEA, s, val, upper, Confidence::High);
             }
             Kind::Hicn if v::hicn(compact) => {
                 let c = self.level(text, s, e, context::MEDICARE, Confidence::Medium);
@@ -569,6 +608,27 @@ impl Scanner {
             }
             ([10], 10) if v::npi(digits) && self.ctx(text, s, e) & context::NPI != 0 => {
                 out.push_norm(n::NPI, s, val, digits, Confidence::High);
+            }
+            // NPIs written with dashes share the phone shape: the NPI must be named.
+            ([3, 3, 4] | [4, 3, 3] | [5, 5], 10)
+                if v::npi(digits) && self.ctx(text, s, e) & context::NPI_ID != 0 =>
+            {
+                out.push_norm(n::NPI, s, val, digits, Confidence::High);
+            }
+            // ABA routing numbers written in groups (021-000-021, 0210-0002-1).
+            ([3, 3, 3] | [4, 4, 1], 9)
+                if v::aba(digits)
+                    && self.context.nearest(
+                        text,
+                        s,
+                        e,
+                        CONTEXT_BEFORE,
+                        CONTEXT_AFTER,
+                        context::SSN | context::ABA,
+                    ) & context::ABA
+                        != 0 =>
+            {
+                out.push_norm(n::ABA, s, val, digits, Confidence::High);
             }
             ([3, 3, 4], 10) | ([1, 3, 3, 4], 11) => {
                 if !fictional_phone(digits) {
@@ -787,6 +847,31 @@ mod tests {
             assert_eq!(count(&r, d), 0, "{d}");
         }
         assert_eq!(r.counts.get("phone"), None);
+    }
+
+    #[test]
+    fn text_forms_found_by_the_probe() {
+        // Each form, then a hard negative beside it.
+        assert_eq!(count(&scan("SSN 536.22.8901"), "ssn"), 1);
+        assert_eq!(
+            count(&scan("SSN 666.22.8901 and host 10.536.22.8901.4"), "ssn"),
+            0
+        );
+        assert_eq!(count(&scan("card 6759 6498 2643 8453"), "card"), 1);
+        assert_eq!(count(&scan("card 6759 6498 2643 8454"), "card"), 0);
+        assert_eq!(count(&scan("routing number 021-000-021"), "aba"), 1);
+        assert_eq!(count(&scan("routing number 0210-0002-1"), "aba"), 1);
+        assert_eq!(count(&scan("routing number 021-000-022"), "aba"), 0);
+        assert_eq!(count(&scan("ref 021-000-021"), "aba"), 0);
+        assert_eq!(count(&scan("NPI: 123-456-7893"), "npi"), 1);
+        assert_eq!(count(&scan("NPI: 12345-67893"), "npi"), 1);
+        assert_eq!(count(&scan("call the provider at 123-456-7893"), "npi"), 0);
+        assert_eq!(count(&scan("NPI: 123-456-7890"), "npi"), 0);
+        assert_eq!(count(&scan("Medicare MBI 1eg4-te5-mk73"), "mbi"), 1);
+        assert_eq!(count(&scan("token 1eg4te5mk73 in a link"), "mbi"), 0);
+        assert_eq!(count(&scan("DEA# ab1234145"), "dea"), 1);
+        assert_eq!(count(&scan("DEA# ab1234144"), "dea"), 0);
+        assert_eq!(count(&scan("session ab1234145"), "dea"), 0);
     }
 
     #[test]
