@@ -207,7 +207,9 @@ impl Keywords {
 
     /// Category bits (restricted to `mask`) of the keyword nearest to `start..end`
     /// within the window; words after the candidate count double distance, since
-    /// labels usually precede values. Settles numbers that fit several detectors.
+    /// labels usually precede values, and words on another line come after every
+    /// word on the value's own line (a table row or form line labels its own value).
+    /// Settles numbers that fit several detectors.
     pub fn nearest(
         &self,
         text: &str,
@@ -222,10 +224,15 @@ impl Keywords {
         self.find_words(text, from, to)
             .filter_map(|(s, e, p)| {
                 let cat = self.cats.get(p).copied().unwrap_or(0) & mask;
-                let dist = if e <= start {
-                    start - e
+                let (dist, gap) = if e <= start {
+                    (start - e, &text.as_bytes()[e..start])
                 } else {
-                    2 * s.saturating_sub(end)
+                    (2 * s.saturating_sub(end), &text.as_bytes()[end..s.max(end)])
+                };
+                let dist = if gap.contains(&b'\n') {
+                    dist + 4 * (before + after)
+                } else {
+                    dist
                 };
                 (cat != 0).then_some((dist, cat))
             })
