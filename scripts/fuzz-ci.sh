@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI's short fuzz run: every target in fuzz/ for 20 s (7 targets: ~2.5 min plus the
+# CI's short fuzz run: every target in fuzz/ for 20 s (9 targets: ~3 min plus the
 # fuzz workspace build). Fails on any crash, timeout, OOM or build error. The long run
 # and its results are in docs/fuzzing.md.
 set -euo pipefail

@@ -500,6 +500,13 @@ pub fn run(blobs: &[Blob], limits: &Limits) -> Extraction {
 /// Extractors are also guarded against panics: a bug in a parser on hostile input
 /// becomes `unscannable-part`, never a dead session.
 pub(crate) fn extract_one(ctx: &mut Ctx<'_>, format: Format, b: &[u8], origin: Origin, depth: u32) {
+    // Under the fuzzer panics must surface: they are bugs to fix, not to hide.
+    if cfg!(fuzzing) {
+        if let Err(stop) = dispatch(ctx, format, b, &origin, depth) {
+            ctx.flag(stop, origin);
+        }
+        return;
+    }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         dispatch(ctx, format, b, &origin, depth)
     }));
