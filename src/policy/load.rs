@@ -76,7 +76,15 @@ impl Policy {
                     rule_header_line(text, i),
                     parsed.rules.get(i).map(|r| r.name.clone()),
                 ),
-                None => (None, None),
+                // `[dlp.limits] key: ...`: point at the key's line.
+                None => (
+                    msg.strip_prefix("[dlp.limits] ")
+                        .and_then(|m| m.split(':').next())
+                        .and_then(|key| {
+                            find_line(text, &format!("{key} ")).or_else(|| find_line(text, key))
+                        }),
+                    None,
+                ),
             };
             invalid(line, name, msg)
         })?;
