@@ -178,21 +178,22 @@ impl Pipeline {
 /// name or a non-text type. Cheap and conservative (false positives only cost a
 /// hand-off to the blocking pool).
 fn may_need_extraction(content: &[u8]) -> bool {
-    let finder = |n: &'static [u8]| memchr::memmem::Finder::new(n);
-    let lower: Vec<u8> = content
-        .iter()
-        .take(INLINE_DECIDE_MAX)
-        .map(u8::to_ascii_lowercase)
-        .collect();
-    [
-        &b"content-type: application/"[..],
-        b"content-type: image/",
-        b"content-type: message/",
-        b"filename=",
-        b"name=",
-    ]
-    .iter()
-    .any(|n| finder(n).find(&lower).is_some())
+    static MARKERS: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::OnceLock::new();
+    let markers = MARKERS.get_or_init(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build([
+                "content-type: application/",
+                "content-type:application/",
+                "content-type: image/",
+                "content-type: message/",
+                "name=",
+            ])
+            .ok()
+    });
+    // Without the matcher (cannot happen for these fixed patterns) be conservative.
+    markers.as_ref().is_none_or(|m| m.is_match(content))
 }
 
 /// Largest message decided without leaving the async runtime.
@@ -363,5 +364,21 @@ impl Pipeline {
                 at: now_secs(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attachments_go_to_the_extraction_pool() {
+        assert!(super::may_need_extraction(
+            b"Content-Type: APPLICATION/PDF; name=r.pdf\r\n"
+        ));
+        assert!(super::may_need_extraction(
+            b"Content-Disposition: attachment; filename=\"a\""
+        ));
+        assert!(!super::may_need_extraction(
+            b"Subject: hi\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        ));
     }
 }
