@@ -30,8 +30,10 @@ pub(super) fn extract(ctx: &mut Ctx<'_>, b: &[u8], origin: &Origin) -> Res {
     let mut stack: Vec<(bool, usize)> = vec![(false, 1)];
     let mut i = 0;
     let mut pending_skip = 0usize;
+    let mut steps = 0u32;
     while i < b.len() {
-        if i % 65536 == 0 {
+        steps = steps.wrapping_add(1);
+        if steps % 65536 == 0 {
             ctx.tick()?;
         }
         let (skipping, uc) = *stack.last().unwrap_or(&(false, 1));
