@@ -98,8 +98,9 @@ fn pid_field(ctx: &mut Ctx<'_>, origin: &Origin, n: usize, value: &str, cs: char
         }
         7 => {
             let ts = value.split(cs).next().unwrap_or_default();
-            if ts.len() >= 8 {
-                ctx.field(section(), names::DOB, &ts[..8]);
+            // `get`: a hostile timestamp can have a multi-byte char across byte 8.
+            if let Some(date) = ts.get(..8) {
+                ctx.field(section(), names::DOB, date);
             }
         }
         19 => ctx.field(

@@ -596,3 +596,15 @@ fn limits_validate_names_the_key() {
     };
     assert!(bad.validate().unwrap_err().contains("max_depth"));
 }
+
+/// fuzz/extract_text crash: a PID-7 timestamp with a multi-byte character across
+/// byte 8 made the date slice panic (`&ts[..8]`).
+#[test]
+fn hl7_timestamp_with_multibyte_char_does_not_panic() {
+    let raw = include_bytes!("../../../tests/data/fuzz/extract_text-crash-75c360d.bin");
+    let r = scan(vec![blob("a.hl7", raw[1..].to_vec())]);
+    assert!(!r
+        .findings
+        .iter()
+        .any(|f| f.detector == "dob" && f.origin.as_deref() == Some("attachment:a.hl7 hl7:PID-7")));
+}
