@@ -3,6 +3,15 @@
 
     scripts/dlp_corpus.py --split test --out tests/dlp_corpus/test   # frozen, checked in
     scripts/dlp_corpus.py --split dev  --out target/dlp_corpus/dev   # tune on this one
+    scripts/dlp_corpus.py --split test --attachments --out tests/dlp_corpus/attach-test
+    scripts/dlp_corpus.py --split dev  --attachments --out target/dlp_corpus/attach-dev
+
+`--attachments` writes a separate corpus (its own seeds, so the text splits above stay
+byte-identical): the same kinds of identifiers inside PDF, DOCX, XLSX, PPTX, ODT, ODS,
+RTF, CSV, TSV, HL7 v2, C-CDA, FHIR JSON/XML and ZIP (DOCX, XLSX, PDF and .eml inside)
+attachments, each written here with the standard library (a small PDF writer, OOXML
+and ODF as zip + XML), plus the text forms an independent probe found (SSN with dots,
+Maestro cards, dashed ABA/NPI, lower-case MBI/DEA) and a hard negative for each.
 
 Each split has its own seed AND its own template set, so tuning on `dev` cannot
 overfit the wording of `test`. All values are synthetic: generated with valid (or,
@@ -10,7 +19,7 @@ for hard negatives, deliberately invalid) checksums, never taken from real peopl
 
 Output: one .eml per message plus manifest.json:
     {"messages": [{"file": "m0001.eml", "kind": "phi"|"clean"|"hard-negative",
-                   "container": "...", "labels": {"ssn": 1, ...}}]}
+                   "container": "...", "format": "pdf"|..., "labels": {"ssn": 1, ...}}]}
 Labels count DISTINCT values per validated detector (ssn, npi, dea, mbi, card, aba).
 """
 
@@ -21,6 +30,7 @@ import os
 import quopri
 import random
 import string
+import sys
 
 SEEDS = {"dev": 20240611, "test": 977331}
 
@@ -351,8 +361,14 @@ def main():
     ap.add_argument("--phi", type=int, default=210)
     ap.add_argument("--clean", type=int, default=60)
     ap.add_argument("--hard", type=int, default=90)
+    ap.add_argument("--attachments", action="store_true",
+                    help="write the attachment corpus instead of the text split")
     a = ap.parse_args()
-    generate(a.split, a.out, a.phi, a.clean, a.hard)
+    if a.attachments:
+        import dlp_corpus_attach
+        dlp_corpus_attach.generate(sys.modules[__name__], a.split, a.out)
+    else:
+        generate(a.split, a.out, a.phi, a.clean, a.hard)
 
 
 if __name__ == "__main__":

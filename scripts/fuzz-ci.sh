@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI's short fuzz run: every target in fuzz/ for 20 s (8 targets: ~3 min plus the
+# CI's short fuzz run: every target in fuzz/ for 20 s (10 targets: ~3.5 min plus the
 # fuzz workspace build). Fails on any crash, timeout, OOM or build error. The long run
 # and its results are in docs/fuzzing.md.
 set -euo pipefail

@@ -3,6 +3,7 @@
 //! each tagged with where it came from. Parsing never panics and never drops a part
 //! silently: whatever cannot be decoded is listed in `undecodable`.
 
+use crate::dlp::extract::{self, Blob};
 use mail_parser::{decoders::html::html_to_text, Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
@@ -46,7 +47,7 @@ pub struct AttachmentInfo {
     pub name: Option<String>,
     pub content_type: String,
     pub size: usize,
-    /// False for binary content the scanner cannot read (images, PDFs, archives).
+    /// False for content the scanner cannot read (images, legacy binary formats).
     pub scanned: bool,
 }
 
@@ -62,6 +63,9 @@ pub struct TextView {
     pub segments: Vec<Segment>,
     pub attachments: Vec<AttachmentInfo>,
     pub undecodable: Vec<Undecodable>,
+    /// Attachments in formats that need an extractor (PDF, Office, HL7, archives,
+    /// images...): DLP extracts them within its limits (`crate::dlp::extract`).
+    pub blobs: Vec<Blob>,
     /// Size of the raw message in bytes.
     pub size: usize,
 }
@@ -155,7 +159,13 @@ impl TextView {
                 PartType::Multipart(_) => continue,
                 PartType::Text(t) => {
                     self.note_attachment(is_attachment, id, &name, &ctype, t.len(), true);
-                    self.push(source, id, t.to_string());
+                    // A text attachment can still be HL7, CSV, FHIR or CDA: those go to
+                    // their extractor, which knows their structure.
+                    if is_attachment && extract::wants(name.as_deref(), &ctype, t.as_bytes()) {
+                        self.blob(id, &name, &ctype, t.as_bytes());
+                    } else {
+                        self.push(source, id, t.to_string());
+                    }
                 }
                 PartType::Html(h) => {
                     self.note_attachment(is_attachment, id, &name, &ctype, h.len(), true);
@@ -163,6 +173,12 @@ impl TextView {
                 }
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
                     let textlike = is_text_like(&ctype, name.as_deref());
+                    if extract::wants(name.as_deref(), &ctype, b) {
+                        let readable = extract::readable(name.as_deref(), &ctype, b);
+                        self.note_attachment(true, id, &name, &ctype, b.len(), readable);
+                        self.blob(id, &name, &ctype, b);
+                        continue;
+                    }
                     self.note_attachment(true, id, &name, &ctype, b.len(), textlike);
                     if textlike {
                         match std::str::from_utf8(b) {
@@ -196,6 +212,15 @@ impl TextView {
                 }
             }
         }
+    }
+
+    fn blob(&mut self, part: usize, name: &Option<String>, ctype: &str, bytes: &[u8]) {
+        self.blobs.push(Blob {
+            part,
+            name: name.clone(),
+            content_type: ctype.to_string(),
+            bytes: bytes.to_vec(),
+        });
     }
 
     fn note_attachment(
@@ -283,7 +308,9 @@ mod tests {
         let v = TextView::from_bytes(raw.as_bytes());
         assert!(texts(&v, Source::Body).contains("DOB"));
         assert!(!texts(&v, Source::Body).contains("<b>"));
-        assert!(texts(&v, Source::Attachment).contains("a,123-45-6789"));
+        // CSV goes to its extractor (column headers become context).
+        assert!(v.blobs.iter().any(|b| b.name.as_deref() == Some("list.csv")
+            && String::from_utf8_lossy(&b.bytes).contains("a,123-45-6789")));
         assert_eq!(texts(&v, Source::AttachmentName), "list.csv");
         assert!(texts(&v, Source::Subject).contains("inner"));
         assert!(texts(&v, Source::Body).contains("inner body text"));
@@ -303,18 +330,19 @@ mod tests {
     }
 
     #[test]
-    fn binary_attachment_listed_but_not_scanned() {
+    fn binary_attachments_go_to_extraction() {
         let raw = concat!(
             "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n",
             "--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n",
             "--B\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n",
+            "--B\r\nContent-Type: image/png; name=\"s.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw==\r\n",
             "--B--\r\n"
         );
         let v = TextView::from_bytes(raw.as_bytes());
-        let pdf = v
-            .attachments
-            .iter()
-            .find(|a| a.content_type == "application/pdf");
-        assert!(pdf.is_some_and(|a| !a.scanned && a.size == 5));
+        let find = |t: &str| v.attachments.iter().find(|a| a.content_type == t);
+        assert!(find("application/pdf").is_some_and(|a| a.scanned && a.size == 5));
+        assert!(find("image/png").is_some_and(|a| !a.scanned));
+        assert_eq!(v.blobs.len(), 2, "both are handed to extraction");
+        assert_eq!(v.blobs[0].bytes, b"%PDF-");
     }
 }

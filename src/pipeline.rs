@@ -79,6 +79,9 @@ pub struct Pipeline {
     policy: RwLock<Arc<Policy>>,
     /// Free bytes the spool's file system must keep after a message (`[spool] min_free`).
     min_free: std::sync::atomic::AtomicU64,
+    /// The attachment-extraction worker pool: messages that need extraction are decided
+    /// on the blocking pool, at most this many at once (`[dlp.limits] workers`).
+    extract_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the policy step decided, with the (possibly edited) content.
@@ -87,6 +90,8 @@ struct Verdict {
     rule: String,
     reply: Reply,
     findings: String,
+    /// Detectors and counts per attachment origin, without file names (audit).
+    sources: String,
     /// Distinct values per DLP detector (names and counts only), for metrics.
     counts: std::collections::BTreeMap<String, usize>,
     /// (action, rule) per recipient, for the audit trail.
@@ -98,11 +103,13 @@ struct Verdict {
 
 impl Pipeline {
     pub fn new(services: Services, queue: Arc<Queue>, policy: Policy) -> Self {
+        let workers = policy.scanner().limits().worker_count();
         Pipeline {
             services,
             queue,
             policy: RwLock::new(Arc::new(policy)),
             min_free: std::sync::atomic::AtomicU64::new(0),
+            extract_permits: Arc::new(tokio::sync::Semaphore::new(workers)),
         }
     }
 
@@ -149,13 +156,49 @@ impl Pipeline {
         let Submission {
             envelope, content, ..
         } = sub;
-        if content.len() <= INLINE_DECIDE_MAX {
+        let attachments = may_need_extraction(&content);
+        if content.len() <= INLINE_DECIDE_MAX && !attachments {
             return Ok(decide_now(&policy, envelope, content));
         }
+        // Extraction (PDF, Office, archives) never runs on the reactor, and only
+        // `workers` messages extract at once; the rest wait here without a thread.
+        let _permit = if attachments {
+            Some(
+                self.extract_permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PipelineError::Task(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         tokio::task::spawn_blocking(move || decide_now(&policy, envelope, content))
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))
     }
+}
+
+/// Whether a message may carry an attachment for an extractor: any part with a file
+/// name or a non-text type. Cheap and conservative (false positives only cost a
+/// hand-off to the blocking pool).
+fn may_need_extraction(content: &[u8]) -> bool {
+    static MARKERS: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::OnceLock::new();
+    let markers = MARKERS.get_or_init(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build([
+                "content-type: application/",
+                "content-type:application/",
+                "content-type: image/",
+                "content-type: message/",
+                "name=",
+            ])
+            .ok()
+    });
+    // Without the matcher (cannot happen for these fixed patterns) be conservative.
+    markers.as_ref().is_none_or(|m| m.is_match(content))
 }
 
 /// Largest message decided without leaving the async runtime.
@@ -194,6 +237,7 @@ fn decide_now(policy: &Policy, mut env: Envelope, content: Vec<u8>) -> Verdict {
         rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),
         reply: d.reply.clone(),
         findings: scan.summary(),
+        sources: scan.sources_summary(false),
         counts: scan.counts.clone(),
         per_rcpt,
         received_size,
@@ -252,7 +296,8 @@ impl Pipeline {
         let spool = &self.services.spool;
         let mut events = vec![
             AuditEvent::message_received(id, &v.envelope, v.received_size),
-            AuditEvent::policy_decision(id, v.action.as_str(), &v.rule, &v.per_rcpt, &v.findings),
+            AuditEvent::policy_decision(id, v.action.as_str(), &v.rule, &v.per_rcpt, &v.findings)
+                .field("sources", v.sources.as_str()),
         ];
         if v.action == Action::Reject {
             // Nothing is spooled: record what arrived and the refusal on their own.
@@ -292,5 +337,21 @@ impl Pipeline {
             addresses: env.recipients.iter().map(|r| r.address.clone()).collect(),
             at: self.services.now(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attachments_go_to_the_extraction_pool() {
+        assert!(super::may_need_extraction(
+            b"Content-Type: APPLICATION/PDF; name=r.pdf\r\n"
+        ));
+        assert!(super::may_need_extraction(
+            b"Content-Disposition: attachment; filename=\"a\""
+        ));
+        assert!(!super::may_need_extraction(
+            b"Subject: hi\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        ));
     }
 }

@@ -140,3 +140,27 @@ fn each_mistake_is_named_with_file_and_key() {
     let text = good.replace("tls = \"implicit\"", "tls = \"none\"");
     assert_refused(dir, "plain-tls.toml", &text, "listener[0].tls", "none");
 }
+
+/// `[dlp.limits]` in the policy file is validated: the error names the policy file,
+/// the line and the key.
+#[test]
+fn bad_extraction_limit_names_policy_file_and_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(tmp.path());
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[dlp]\nmode = \"enforce\"\n\n[dlp.limits]\nmax_entries = 100\nmax_depth = 99\n\n[default]\naction = \"accept\"\n",
+    )
+    .expect("write policy");
+    let text = format!(
+        "{}\n[policy]\nfile = \"{}\"\n",
+        good_config(tmp.path(), &pki),
+        policy.display()
+    );
+    let (ok, _, err, _) = check(tmp.path(), "limits.toml", &text);
+    assert!(!ok, "accepted");
+    assert!(err.contains(&policy.display().to_string()), "{err}");
+    assert!(err.contains("max_depth") && err.contains("0..=16"), "{err}");
+    assert!(err.contains(":6"), "line not named: {err}");
+}

@@ -35,3 +35,44 @@ fn validated_detectors_meet_targets_on_frozen_split() {
         );
     }
 }
+
+/// The attachment corpus (`scripts/dlp_corpus.py --split test --attachments`): every
+/// format has a text layer, so each must meet the targets on its own.
+#[test]
+fn attachments_meet_targets_per_format() {
+    let dir = std::env::var_os("DLP_ATTACH_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dlp_corpus/attach-test")
+        });
+    let report = evaluate(&dir).expect("corpus readable");
+    println!("{}", report.table());
+    for m in &report.mismatches {
+        println!("mismatch: {m:?}");
+    }
+    assert!(
+        report.formats.len() >= 17,
+        "formats: {:?}",
+        report.formats.keys()
+    );
+    for (format, dets) in &report.formats {
+        let tp: usize = dets.values().map(|s| s.tp).sum();
+        assert!(tp > 0, "{format}: no positives");
+        for (name, s) in dets {
+            assert!(
+                s.recall() >= 0.97,
+                "{format}/{name}: recall {:.3}",
+                s.recall()
+            );
+            assert!(
+                s.precision() >= 0.95,
+                "{format}/{name}: precision {:.3}",
+                s.precision()
+            );
+            assert_eq!(
+                s.clean_fp, 0,
+                "{format}/{name}: false positives on hard negatives"
+            );
+        }
+    }
+}

@@ -13,6 +13,9 @@ pub const CARD: u32 = 1 << 4;
 pub const ABA: u32 = 1 << 5;
 pub const ICD: u32 = 1 << 6;
 pub const DOB: u32 = 1 << 7;
+/// The NPI named explicitly (not just "provider"): required for NPIs written with
+/// dashes, whose shape is shared with phone numbers.
+pub const NPI_ID: u32 = 1 << 8;
 
 const WORDS: &[(&str, u32)] = &[
     ("ssn", SSN),
@@ -27,9 +30,9 @@ const WORDS: &[(&str, u32)] = &[
     ("taxpayer", SSN),
     ("tin", SSN),
     ("tax id", SSN),
-    ("npi", NPI),
-    ("npi#", NPI),
-    ("national provider", NPI),
+    ("npi", NPI | NPI_ID),
+    ("npi#", NPI | NPI_ID),
+    ("national provider", NPI | NPI_ID),
     ("provider", NPI),
     ("prescriber", NPI | DEA),
     ("physician", NPI),
@@ -204,7 +207,9 @@ impl Keywords {
 
     /// Category bits (restricted to `mask`) of the keyword nearest to `start..end`
     /// within the window; words after the candidate count double distance, since
-    /// labels usually precede values. Settles numbers that fit several detectors.
+    /// labels usually precede values, and words on another line come after every
+    /// word on the value's own line (a table row or form line labels its own value).
+    /// Settles numbers that fit several detectors.
     pub fn nearest(
         &self,
         text: &str,
@@ -219,10 +224,15 @@ impl Keywords {
         self.find_words(text, from, to)
             .filter_map(|(s, e, p)| {
                 let cat = self.cats.get(p).copied().unwrap_or(0) & mask;
-                let dist = if e <= start {
-                    start - e
+                let (dist, gap) = if e <= start {
+                    (start - e, &text.as_bytes()[e..start])
                 } else {
-                    2 * s.saturating_sub(end)
+                    (2 * s.saturating_sub(end), &text.as_bytes()[end..s.max(end)])
+                };
+                let dist = if gap.contains(&b'\n') {
+                    dist + 4 * (before + after)
+                } else {
+                    dist
                 };
                 (cat != 0).then_some((dist, cat))
             })

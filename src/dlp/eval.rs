@@ -24,6 +24,9 @@ struct Entry {
     /// "phi", "clean" or "hard-negative".
     #[serde(default)]
     kind: String,
+    /// Attachment format (`pdf`, `xlsx`, `zip-docx`...) in the attachment corpus.
+    #[serde(default)]
+    format: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -57,6 +60,8 @@ pub struct Report {
     pub messages: usize,
     pub clean_messages: usize,
     pub detectors: BTreeMap<String, DetectorScore>,
+    /// The same per attachment format (empty for the text splits).
+    pub formats: BTreeMap<String, BTreeMap<String, DetectorScore>>,
     /// Messages where a validated detector's count differed from the label:
     /// (file, detector, expected, found).
     pub mismatches: Vec<(String, String, usize, usize)>,
@@ -88,6 +93,27 @@ impl Report {
                 s.recall(),
                 s.clean_fp
             ));
+        }
+        if !self.formats.is_empty() {
+            out.push_str(&format!(
+                "\n{:<10} {:<6} {:>4} {:>4} {:>4} {:>9} {:>7} {:>8}\n",
+                "FORMAT", "DET", "TP", "FP", "FN", "PRECISION", "RECALL", "CLEAN-FP"
+            ));
+            for (format, dets) in &self.formats {
+                for (name, s) in dets.iter().filter(|(_, s)| s.tp + s.fp + s.fn_ > 0) {
+                    out.push_str(&format!(
+                        "{:<10} {:<6} {:>4} {:>4} {:>4} {:>9.3} {:>7.3} {:>8}\n",
+                        format,
+                        name,
+                        s.tp,
+                        s.fp,
+                        s.fn_,
+                        s.precision(),
+                        s.recall(),
+                        s.clean_fp
+                    ));
+                }
+            }
         }
         out
     }
@@ -125,12 +151,22 @@ pub fn evaluate_with(dir: &Path, cfg: &DlpConfig) -> Result<Report, DlpError> {
         for name in VALIDATED {
             let expected = entry.labels.get(name).copied().unwrap_or(0);
             let found = result.count_at_least(name, Confidence::Medium);
-            let s = report.detectors.entry(name.to_string()).or_default();
-            s.tp += expected.min(found);
-            s.fp += found.saturating_sub(expected);
-            s.fn_ += expected.saturating_sub(found);
-            if clean {
-                s.clean_fp += found;
+            let add = |s: &mut DetectorScore| {
+                s.tp += expected.min(found);
+                s.fp += found.saturating_sub(expected);
+                s.fn_ += expected.saturating_sub(found);
+                if clean {
+                    s.clean_fp += found;
+                }
+            };
+            add(report.detectors.entry(name.to_string()).or_default());
+            if !entry.format.is_empty() {
+                add(report
+                    .formats
+                    .entry(entry.format.clone())
+                    .or_default()
+                    .entry(name.to_string())
+                    .or_default());
             }
             if found != expected {
                 report

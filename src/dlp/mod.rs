@@ -4,6 +4,7 @@
 
 mod context;
 pub mod eval;
+pub mod extract;
 pub mod normalize;
 pub mod report;
 mod scan;
@@ -33,7 +34,12 @@ pub mod names {
     pub const MRN: &str = "mrn";
     pub const HEALTH_TERM: &str = "health-term";
     pub const UNDECODABLE: &str = "undecodable-part";
-    pub const ALL: [&str; 16] = [
+    /// A patient name read from a known field (HL7 PID-5, CDA, FHIR Patient.name).
+    pub const PATIENT_NAME: &str = "patient-name";
+    pub const UNSCANNABLE: &str = super::extract::UNSCANNABLE;
+    pub const ENCRYPTED: &str = super::extract::ENCRYPTED;
+    pub const UNSCANNED_IMAGE: &str = super::extract::IMAGE;
+    pub const ALL: [&str; 20] = [
         SSN,
         ITIN,
         NPI,
@@ -50,6 +56,10 @@ pub mod names {
         MRN,
         HEALTH_TERM,
         UNDECODABLE,
+        PATIENT_NAME,
+        UNSCANNABLE,
+        ENCRYPTED,
+        UNSCANNED_IMAGE,
     ];
 }
 
@@ -109,6 +119,13 @@ pub struct Finding {
     /// distinct values. Never serialised.
     #[serde(skip)]
     pub fingerprint: u64,
+    /// Where inside an attachment: `attachment:batch.zip/claims.xlsx sheet 1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The same without file names (`attachment:part 2 (zip)/entry 1 (xlsx) sheet 1`),
+    /// for the audit record. Never serialised.
+    #[serde(skip)]
+    pub origin_redacted: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -132,6 +149,38 @@ impl ScanResult {
         seen.sort_unstable();
         seen.dedup();
         seen.len()
+    }
+
+    /// Distinct values per detector per attachment origin (with file names when
+    /// `named`, for the operator; without, for the audit record).
+    pub fn sources(&self, named: bool) -> BTreeMap<String, BTreeMap<String, usize>> {
+        let mut sets: BTreeMap<String, BTreeMap<String, std::collections::HashSet<u64>>> =
+            BTreeMap::new();
+        for f in &self.findings {
+            let o = if named { &f.origin } else { &f.origin_redacted };
+            if let Some(o) = o {
+                sets.entry(o.clone())
+                    .or_default()
+                    .entry(f.detector.clone())
+                    .or_default()
+                    .insert(f.fingerprint);
+            }
+        }
+        sets.into_iter()
+            .map(|(o, m)| (o, m.into_iter().map(|(d, s)| (d, s.len())).collect()))
+            .collect()
+    }
+
+    /// `attachment:r.pdf page 2 (ssn=1); ...`: detectors and counts per origin.
+    pub fn sources_summary(&self, named: bool) -> String {
+        self.sources(named)
+            .iter()
+            .map(|(o, m)| {
+                let counts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{o} ({})", counts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The `X-Phigate-DLP` style summary: `card=1, ssn=2` (names and counts only).
@@ -171,6 +220,9 @@ pub struct DlpConfig {
     /// Keyword dictionaries (diagnosis terms, drug names...).
     #[serde(default)]
     pub dictionary: Vec<Dictionary>,
+    /// Bounds on attachment extraction (`[dlp.limits]`).
+    #[serde(default)]
+    pub limits: extract::Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

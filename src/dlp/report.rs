@@ -13,7 +13,7 @@ pub fn table(result: &ScanResult) -> String {
     ));
     for f in &result.findings {
         out.push_str(&format!(
-            "{:<18} {:<16} {:>5} {:>7} {:<7} {}\n",
+            "{:<18} {:<16} {:>5} {:>7} {:<7} {}",
             f.detector,
             f.location.source.as_str(),
             f.location.part,
@@ -21,6 +21,10 @@ pub fn table(result: &ScanResult) -> String {
             f.confidence.as_str(),
             f.masked
         ));
+        if let Some(o) = &f.origin {
+            out.push_str(&format!("  [{o}]"));
+        }
+        out.push('\n');
     }
     if result.findings.is_empty() {
         out.push_str("(no findings)\n");
@@ -34,6 +38,10 @@ pub fn table(result: &ScanResult) -> String {
         },
         if result.hipaa_phi { "yes" } else { "no" }
     ));
+    for (origin, counts) in result.sources(true) {
+        let c: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("source {origin}: {}\n", c.join(", ")));
+    }
     out
 }
 
@@ -42,6 +50,8 @@ struct JsonReport<'a> {
     findings: &'a [super::Finding],
     counts: &'a std::collections::BTreeMap<String, usize>,
     hipaa_phi: bool,
+    /// Distinct values per detector per attachment origin.
+    sources: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
 }
 
 /// Pretty JSON: `{findings: [...], counts: {...}, hipaa_phi}`; fingerprints are omitted.
@@ -50,6 +60,7 @@ pub fn json(result: &ScanResult) -> String {
         findings: &result.findings,
         counts: &result.counts,
         hipaa_phi: result.hipaa_phi,
+        sources: result.sources(true),
     };
     serde_json::to_string_pretty(&r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

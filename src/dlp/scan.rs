@@ -2,6 +2,7 @@
 //! validators and context decide what is reported and how confidently.
 
 use super::context::{self, Keywords};
+use super::extract::{self, Limits};
 use super::names as n;
 use super::normalize::normalize;
 use super::validators as v;
@@ -27,6 +28,7 @@ enum Kind {
     Email,
     Mbi,
     Hicn,
+    DotSsn,
     Dea,
     Icd,
     Date,
@@ -38,20 +40,27 @@ enum Kind {
 /// One multi-pattern regex finds candidates of every built-in kind in one pass; the
 /// matching pattern's ID gives the kind, so no capture groups are resolved. ASCII word
 /// boundaries keep the lazy DFA fast (text is normalised to ASCII digits first).
-const PATTERNS: [(Kind, &str); 9] = [
+const PATTERNS: [(Kind, &str); 10] = [
     (
         Kind::Email,
         r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
     ),
+    // Case-insensitive: lower-case MBIs are accepted only with Medicare context.
     (
         Kind::Mbi,
-        r"(?-u:\b)[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y]{2}[0-9]{2}(?-u:\b)",
+        r"(?-u:\b)(?i:[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9][0-9]-?[AC-HJKMNP-RT-Y]{2}[0-9]{2})(?-u:\b)",
     ),
     (
         Kind::Hicn,
         r"(?-u:\b)[0-9]{3}[ \-]?[0-9]{2}[ \-]?[0-9]{4}[ \-]?[A-Z][0-9A-Z]?(?-u:\b)",
     ),
-    (Kind::Dea, r"(?-u:\b)[A-Z][A-Z9][0-9]{7}(?-u:\b)"),
+    // SSNs written with dots: 536.22.8901.
+    (
+        Kind::DotSsn,
+        r"(?-u:\b)[0-9]{3}\.[0-9]{2}\.[0-9]{4}(?-u:\b)",
+    ),
+    // Case-insensitive: lower-case DEA numbers are accepted only with DEA context.
+    (Kind::Dea, r"(?-u:\b)(?i:[A-Z][A-Z9])[0-9]{7}(?-u:\b)"),
     (
         Kind::Icd,
         r"(?-u:\b)[A-TV-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?(?-u:\b)",
@@ -95,6 +104,7 @@ pub struct Scanner {
     identifiers: HashSet<String>,
     health_detectors: HashSet<String>,
     hasher: RandomState,
+    limits: Limits,
 }
 
 impl Scanner {
@@ -106,10 +116,18 @@ impl Scanner {
                 reason: e.to_string(),
             })?;
         let mut names: HashSet<String> = n::ALL.iter().map(|s| s.to_string()).collect();
-        let mut identifiers: HashSet<String> = [n::SSN, n::ITIN, n::MBI, n::HICN, n::MRN, n::DOB]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut identifiers: HashSet<String> = [
+            n::SSN,
+            n::ITIN,
+            n::MBI,
+            n::HICN,
+            n::MRN,
+            n::DOB,
+            n::PATIENT_NAME,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let mut health_detectors: HashSet<String> =
             [n::ICD10, n::NPI, n::DEA, n::MBI, n::HICN, n::HEALTH_TERM]
                 .iter()
@@ -185,10 +203,17 @@ impl Scanner {
             identifiers,
             health_detectors,
             hasher: RandomState::new(),
+            limits: cfg.limits.clone(),
         })
     }
 
-    /// Scan every segment of the view; undecodable parts become findings too.
+    /// The attachment extraction limits this scanner applies.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Scan every segment of the view and the text extracted from its attachments;
+    /// undecodable parts and extraction flags become findings too.
     pub fn scan(&self, view: &TextView) -> ScanResult {
         let mut findings = Vec::new();
         for seg in &view.segments {
@@ -197,6 +222,7 @@ impl Scanner {
                 scanner: self,
                 source: seg.source,
                 part: seg.part,
+                origin: None,
                 findings: &mut findings,
             };
             self.scan_builtin(&text, &mut out);
@@ -213,9 +239,17 @@ impl Scanner {
                 confidence: Confidence::High,
                 masked: u.reason.to_string(),
                 fingerprint: u.part as u64,
+                origin: None,
+                origin_redacted: None,
             });
         }
-        let hipaa_phi = self.hipaa(view, &findings);
+        let ext = if view.blobs.is_empty() {
+            extract::Extraction::default()
+        } else {
+            extract::run(&view.blobs, &self.limits)
+        };
+        let clinical = self.scan_extraction(&ext, &mut findings);
+        let hipaa_phi = self.hipaa(view, &ext, &findings, clinical);
         let mut distinct: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
         for f in &findings {
             distinct
@@ -230,6 +264,97 @@ impl Scanner {
         }
     }
 
+    /// Text, structured fields and flags from attachments. Returns whether a clinical
+    /// record (HL7, CDA, FHIR) yielded a patient identifier: health information by
+    /// definition, for the HIPAA rule.
+    fn scan_extraction(&self, ext: &extract::Extraction, findings: &mut Vec<Finding>) -> bool {
+        let part_of = |o: &extract::Origin| o.chain.first().map_or(0, |n| n.index);
+        for (origin, text) in &ext.texts {
+            let text = normalize(text);
+            let mut out = Out {
+                scanner: self,
+                source: Source::Attachment,
+                part: part_of(origin),
+                origin: Some(origin),
+                findings,
+            };
+            self.scan_builtin(&text, &mut out);
+            self.scan_custom(&text, &mut out);
+        }
+        let mut clinical = false;
+        for f in &ext.fields {
+            let mut out = Out {
+                scanner: self,
+                source: Source::Attachment,
+                part: part_of(&f.origin),
+                origin: Some(&f.origin),
+                findings,
+            };
+            if self.structured(f, &mut out) {
+                let s = f.origin.section.as_deref().unwrap_or_default();
+                clinical |= ["hl7:", "cda:", "fhir:"].iter().any(|p| s.starts_with(p));
+            }
+        }
+        for flag in &ext.flags {
+            if self.disabled.contains(flag.detector) {
+                continue;
+            }
+            let label = flag.origin.label();
+            findings.push(Finding {
+                detector: flag.detector.to_string(),
+                location: Location {
+                    source: Source::Attachment,
+                    part: part_of(&flag.origin),
+                    offset: 0,
+                },
+                confidence: Confidence::High,
+                masked: flag.reason.to_string(),
+                fingerprint: self.hasher.hash_one((flag.detector, &label)),
+                origin: Some(label),
+                origin_redacted: Some(flag.origin.redacted()),
+            });
+        }
+        clinical
+    }
+
+    /// A value from a known field, validated like free text; accepted values are
+    /// high confidence (the field says what they are).
+    fn structured(&self, f: &extract::Field, out: &mut Out<'_, '_>) -> bool {
+        let val = normalize(&f.value);
+        let mut buf = [0u8; 32];
+        let compact = compact_into(&val, &mut buf);
+        let c = Confidence::High;
+        match f.detector {
+            n::SSN if v::ssn(compact) => out.push_norm(n::SSN, 0, &val, compact, c),
+            n::SSN if v::itin(compact) => out.push_norm(n::ITIN, 0, &val, compact, c),
+            n::DOB
+                if compact.len() == 8 && compact.iter().all(u8::is_ascii_digit) && {
+                    let d = |r: std::ops::Range<usize>| {
+                        std::str::from_utf8(&compact[r])
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    v::birth_date(d(0..4), d(4..6), d(6..8))
+                } =>
+            {
+                out.push_norm(n::DOB, 0, &val, compact, c)
+            }
+            n::DOB if plausible_date(&val) => out.push_norm(n::DOB, 0, &val, compact, c),
+            n::MRN if (3..=32).contains(&compact.len()) => out.push(n::MRN, 0, &val, c),
+            n::PATIENT_NAME if val.chars().any(char::is_alphabetic) => {
+                // Word order differs between formats (family first or last).
+                let mut words: Vec<String> =
+                    val.split_whitespace().map(str::to_lowercase).collect();
+                words.sort();
+                let key = words.join(" ");
+                out.push_norm(n::PATIENT_NAME, 0, &val, key.as_bytes(), c)
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// Scan one plain text as a message body (benchmarks, tests).
     pub fn scan_text(&self, text: &str) -> ScanResult {
         self.scan(&TextView::from_text(text))
@@ -237,7 +362,13 @@ impl Scanner {
 
     /// Identifier plus health information. Health terms are searched only when an
     /// identifier was found, keeping the common no-PHI path to one pass.
-    fn hipaa(&self, view: &TextView, findings: &[Finding]) -> bool {
+    fn hipaa(
+        &self,
+        view: &TextView,
+        ext: &extract::Extraction,
+        findings: &[Finding],
+        clinical: bool,
+    ) -> bool {
         let strong = |f: &&Finding| f.confidence >= Confidence::Medium;
         let has_identifier = findings
             .iter()
@@ -251,11 +382,16 @@ impl Scanner {
             .filter(strong)
             .any(|f| self.health_detectors.contains(&f.detector));
         has_health
+            || clinical
             || !self.disabled.contains(n::HEALTH_TERM)
-                && view
+                && (view
                     .segments
                     .iter()
                     .any(|s| self.health.any(&normalize(&s.text)))
+                    || ext
+                        .texts
+                        .iter()
+                        .any(|(_, t)| self.health.any(&normalize(t))))
     }
 
     fn ctx(&self, text: &str, start: usize, end: usize) -> u32 {
@@ -296,11 +432,42 @@ impl Scanner {
         let val = &text[s..e];
         let mut buf = [0u8; 16];
         let compact = compact_into(val, &mut buf);
+        let lower = compact.iter().any(u8::is_ascii_lowercase);
+        let mut upper_buf = [0u8; 16];
+        let upper = &mut upper_buf[..compact.len()];
+        upper.copy_from_slice(compact);
+        upper.make_ascii_uppercase();
+        let upper = &*upper;
+        // Glued to a longer dotted token (an IP address, a version): not an SSN.
+        let dotted_glue = |i: Option<usize>| {
+            i.and_then(|i| text.as_bytes().get(i))
+                .is_some_and(|b| *b == b'.')
+        };
         match kind {
             Kind::Email => out.push(n::EMAIL, s, val, Confidence::Low),
+            Kind::Mbi
+                if lower && v::mbi(upper) && self.ctx(text, s, e) & context::MEDICARE != 0 =>
+            {
+                out.push_norm(n::MBI, s, val, upper, Confidence::High);
+            }
             Kind::Mbi if v::mbi(compact) => {
                 let c = self.level(text, s, e, context::MEDICARE, Confidence::Medium);
                 out.push_norm(n::MBI, s, val, compact, c);
+            }
+            Kind::DotSsn
+                if !dotted_glue(s.checked_sub(1)) && !dotted_glue(Some(e)) && v::ssn(compact) =>
+            {
+                let c = self.level(text, s, e, context::SSN, Confidence::Medium);
+                out.push_norm(n::SSN, s, val, compact, c);
+            }
+            Kind::DotSsn
+                if !dotted_glue(s.checked_sub(1)) && !dotted_glue(Some(e)) && v::itin(compact) =>
+            {
+                let c = self.level(text, s, e, context::SSN, Confidence::Medium);
+                out.push_norm(n::ITIN, s, val, compact, c);
+            }
+            Kind::Dea if lower && v::dea(upper) && self.ctx(text, s, e) & context::DEA != 0 => {
+                out.push_norm(n::DEA, s, val, upper, Confidence::High);
             }
             Kind::Hicn if v::hicn(compact) => {
                 let c = self.level(text, s, e, context::MEDICARE, Confidence::Medium);
@@ -442,6 +609,27 @@ impl Scanner {
             ([10], 10) if v::npi(digits) && self.ctx(text, s, e) & context::NPI != 0 => {
                 out.push_norm(n::NPI, s, val, digits, Confidence::High);
             }
+            // NPIs written with dashes share the phone shape: the NPI must be named.
+            ([3, 3, 4] | [4, 3, 3] | [5, 5], 10)
+                if v::npi(digits) && self.ctx(text, s, e) & context::NPI_ID != 0 =>
+            {
+                out.push_norm(n::NPI, s, val, digits, Confidence::High);
+            }
+            // ABA routing numbers written in groups (021-000-021, 0210-0002-1).
+            ([3, 3, 3] | [4, 4, 1], 9)
+                if v::aba(digits)
+                    && self.context.nearest(
+                        text,
+                        s,
+                        e,
+                        CONTEXT_BEFORE,
+                        CONTEXT_AFTER,
+                        context::SSN | context::ABA,
+                    ) & context::ABA
+                        != 0 =>
+            {
+                out.push_norm(n::ABA, s, val, digits, Confidence::High);
+            }
             ([3, 3, 4], 10) | ([1, 3, 3, 4], 11) => {
                 if !fictional_phone(digits) {
                     out.push_norm(n::PHONE, s, val, digits, Confidence::Low);
@@ -511,6 +699,7 @@ struct Out<'s, 'f> {
     scanner: &'s Scanner,
     source: Source,
     part: usize,
+    origin: Option<&'f extract::Origin>,
     findings: &'f mut Vec<Finding>,
 }
 
@@ -539,6 +728,8 @@ impl Out<'_, '_> {
             confidence: c,
             masked: mask(value),
             fingerprint,
+            origin: self.origin.map(extract::Origin::label),
+            origin_redacted: self.origin.map(extract::Origin::redacted),
         });
     }
 }
@@ -656,6 +847,31 @@ mod tests {
             assert_eq!(count(&r, d), 0, "{d}");
         }
         assert_eq!(r.counts.get("phone"), None);
+    }
+
+    #[test]
+    fn text_forms_found_by_the_probe() {
+        // Each form, then a hard negative beside it.
+        assert_eq!(count(&scan("SSN 536.22.8901"), "ssn"), 1);
+        assert_eq!(
+            count(&scan("SSN 666.22.8901 and host 10.536.22.8901.4"), "ssn"),
+            0
+        );
+        assert_eq!(count(&scan("card 6759 6498 2643 8453"), "card"), 1);
+        assert_eq!(count(&scan("card 6759 6498 2643 8454"), "card"), 0);
+        assert_eq!(count(&scan("routing number 021-000-021"), "aba"), 1);
+        assert_eq!(count(&scan("routing number 0210-0002-1"), "aba"), 1);
+        assert_eq!(count(&scan("routing number 021-000-022"), "aba"), 0);
+        assert_eq!(count(&scan("ref 021-000-021"), "aba"), 0);
+        assert_eq!(count(&scan("NPI: 123-456-7893"), "npi"), 1);
+        assert_eq!(count(&scan("NPI: 12345-67893"), "npi"), 1);
+        assert_eq!(count(&scan("call the provider at 123-456-7893"), "npi"), 0);
+        assert_eq!(count(&scan("NPI: 123-456-7890"), "npi"), 0);
+        assert_eq!(count(&scan("Medicare MBI 1eg4-te5-mk73"), "mbi"), 1);
+        assert_eq!(count(&scan("token 1eg4te5mk73 in a link"), "mbi"), 0);
+        assert_eq!(count(&scan("DEA# ab1234145"), "dea"), 1);
+        assert_eq!(count(&scan("DEA# ab1234144"), "dea"), 0);
+        assert_eq!(count(&scan("session ab1234145"), "dea"), 0);
     }
 
     #[test]

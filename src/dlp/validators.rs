@@ -132,6 +132,12 @@ pub fn card_brand(d: &[u8]) -> Option<&'static str> {
     let p = |n: usize| if len >= n { num(&d[..n]) } else { 0 };
     if d[0] == b'4' && matches!(len, 13 | 16 | 19) {
         Some("visa")
+    } else if matches!(
+        p(4),
+        5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763
+    ) {
+        // Maestro: 12-19 digits (13-19 reach here).
+        Some("maestro")
     } else if len == 16 && ((51..=55).contains(&p(2)) || (2221..=2720).contains(&p(4))) {
         Some("mastercard")
     } else if len == 15 && matches!(p(2), 34 | 37) {
@@ -299,6 +305,9 @@ mod tests {
         assert_eq!(card_brand(b"2220990000000000"), None);
         assert!(!card(b"1234567812345670"), "no issuer");
         assert!(!card(b"411111111111"), "too short");
+        assert_eq!(card_brand(b"6759649826438453"), Some("maestro"));
+        assert!(card(b"6759649826438453"));
+        assert!(!card(b"6759649826438454"), "Maestro with a bad Luhn digit");
     }
 
     #[test]

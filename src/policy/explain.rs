@@ -27,6 +27,10 @@ pub fn explain(policy: &Policy, from: &str, to: &[String], raw: &[u8]) -> String
         },
         scan.hipaa_phi
     );
+    for (origin, counts) in scan.sources(true) {
+        let c: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("source {origin}: {}\n", c.join(", ")));
+    }
     for (i, rcpt) in to.iter().enumerate() {
         out.push_str(&format!("\nrecipient {rcpt}:\n"));
         let rctx = RcptContext {

@@ -76,7 +76,15 @@ impl Policy {
                     rule_header_line(text, i),
                     parsed.rules.get(i).map(|r| r.name.clone()),
                 ),
-                None => (None, None),
+                // `[dlp.limits] key: ...`: point at the key's line.
+                None => (
+                    msg.strip_prefix("[dlp.limits] ")
+                        .and_then(|m| m.split(':').next())
+                        .and_then(|key| {
+                            find_line(text, &format!("{key} ")).or_else(|| find_line(text, key))
+                        }),
+                    None,
+                ),
             };
             invalid(line, name, msg)
         })?;
@@ -121,6 +129,8 @@ fn validate(p: &PolicyFile, _text: &str) -> Result<(), (Option<usize>, String)> 
             ));
         }
     }
+    // Message `[dlp.limits] key: must be in range` names the key for check-config.
+    p.dlp.limits.validate().map_err(|m| (None, m))?;
     if p.dlp.custom.iter().any(|c| c.name.is_none()) {
         return Err((None, "every [[dlp.custom]] detector needs a name".into()));
     }
