@@ -6,6 +6,7 @@
 #   sudo bench/compare.sh --big          # phigate: memory while relaying 25 MB messages
 #   sudo bench/compare.sh --idle         # phigate: RSS with 10,000 idle TLS sessions (bench/idle.sh)
 #   sudo bench/compare.sh --phigate-only # phigate runs alone, with perf stat (for profiling work)
+#   ATTACH=pdf sudo bench/compare.sh     # the attachment is a real text PDF (DLP extracts it)
 #
 # Everything is on 127.0.0.1. The load generator (examples/loadgen.rs) sends to
 #   phigate  implicit TLS 127.0.0.1:$PHIGATE_PORT   -> spool (AES-GCM, fsync) -> STARTTLS, verified -> sink
@@ -24,6 +25,7 @@ POSTFIX_PORT=${POSTFIX_PORT:-11465}; POSTFIX_SUB_PORT=${POSTFIX_SUB_PORT:-11587}
 PHIGATE_PORT=${PHIGATE_PORT:-12465}; PHIGATE_SUB_PORT=${PHIGATE_SUB_PORT:-12587}
 MESSAGES=${MESSAGES:-2000}       # per measured run
 SESSIONS=${SESSIONS:-50}
+ATTACH=${ATTACH:-random}          # loadgen --attachment: random bytes, or a real text PDF (DLP extracts it)
 SIZE=${SIZE:-10240}
 REPEAT=${REPEAT:-3}              # phigate, postfix, phigate, postfix, ...
 WARMUP=${WARMUP:-200}
@@ -250,7 +252,8 @@ EOF
 # ------------------------------------------------------------------ measurement
 loadcmd() { # run port tls sessions messages size
   LOADCMD=("$EX/loadgen" --target "$BIND:$2" --tls "$3" --ca-file "$PKI/ca.pem" --sni "$4"
-           --sessions "$5" --messages "$6" --size "$7" --run "$1" --json --timeout 280)
+           --sessions "$5" --messages "$6" --size "$7" --run "$1" --json --timeout 280
+           --attachment "$ATTACH")
 }
 measure() { # name label pid port tls sni
   local name=$1 label=$2 pid=$3

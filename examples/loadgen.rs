@@ -37,6 +37,15 @@ enum TlsMode {
     None,
 }
 
+/// What the message's `application/pdf` part holds.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Attachment {
+    /// Random bytes (what the figures before DLP-inside-attachments used).
+    Random,
+    /// A real PDF with a text layer, which phigate's DLP extracts and scans.
+    Pdf,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "SMTP load generator (loopback benchmarks)")]
 struct Args {
@@ -87,6 +96,12 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Content of the PDF attachment.
+    #[arg(long, value_enum, default_value = "random")]
+    attachment: Attachment,
+    /// Write the message template (dot-stuffed, ending in CRLF.CRLF) to stdout and exit.
+    #[arg(long)]
+    print_template: bool,
 }
 
 /// Per-message I/O bound; a stuck server turns into an error, not a hung run.
@@ -182,9 +197,14 @@ fn build_template(a: &Args) -> Template {
     let budget = a.size.saturating_sub(1100).max(300);
     let text = prose(&mut rng, budget * 3 / 10, "", "");
     let html = prose(&mut rng, budget * 3 / 10, "<p>", "</p>");
-    let raw: Vec<u8> = (0..budget * 4 / 10 * 3 / 4)
-        .map(|_| rng.next() as u8)
-        .collect();
+    let raw_len = budget * 4 / 10 * 3 / 4;
+    let raw: Vec<u8> = match a.attachment {
+        Attachment::Random => (0..raw_len).map(|_| rng.next() as u8).collect(),
+        Attachment::Pdf => {
+            let body = prose(&mut rng, raw_len.saturating_sub(700), "", "");
+            text_pdf(&body)
+        }
+    };
     let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
     let mut attach = String::with_capacity(b64.len() + b64.len() / 76 * 2 + 2);
     for chunk in b64.as_bytes().chunks(76) {
@@ -667,6 +687,11 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
 
 fn main() {
     let args = Args::parse();
+    if args.print_template {
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&build_template(&args).bytes);
+        return;
+    }
     let json = args.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -692,4 +717,45 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// A one-page PDF whose text layer is `text` (one line per `Tj`), with a correct xref.
+fn text_pdf(text: &str) -> Vec<u8> {
+    let mut content = String::from("BT /F1 9 Tf 40 800 Td 11 TL\n");
+    for line in text.lines() {
+        let esc = line
+            .replace('\\', "\\\\")
+            .replace('(', "\\(")
+            .replace(')', "\\)");
+        content.push_str(&format!("({esc}) Tj T*\n"));
+    }
+    content.push_str("ET\n");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>".to_string(),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for off in offsets {
+        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
 }
