@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
     --sessions) SESSIONS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
