@@ -29,6 +29,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod breach;
+pub use breach::{incident_event, BulkAction, Selected};
+
 /// Longest request line accepted (requests are small; this only bounds memory).
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -88,6 +91,34 @@ pub enum Request {
         message: Option<String>,
         recipient: Option<String>,
         csv: bool,
+    },
+    /// `phigate freeze on|off` (see `control::breach`).
+    Freeze {
+        on: bool,
+        identity: Option<String>,
+        all: bool,
+        reason: Option<String>,
+        refuse_inbound: bool,
+    },
+    FreezeStatus,
+    /// `phigate queue hold|release` by ID, identity or everything pending.
+    QueueHold {
+        release: bool,
+        id: Option<MessageId>,
+        identity: Option<String>,
+        all: bool,
+    },
+    /// `phigate quarantine list|add|release|delete` by identity and time (unix seconds,
+    /// `until` exclusive): bulk selection.
+    QuarantineSelect {
+        action: breach::BulkAction,
+        identity: Option<String>,
+        since: Option<u64>,
+        until: Option<u64>,
+    },
+    /// `phigate audit incident`: the chain is verified first.
+    AuditIncident {
+        filter: crate::audit::incident::IncidentFilter,
     },
 }
 
@@ -236,6 +267,8 @@ enum ActionError {
     NotQuarantined(MessageId),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 struct Control {
@@ -497,6 +530,11 @@ impl Control {
             }
             // Streamed by `connection`, never reaches here.
             Request::AuditExport { .. } => return Response::err("export must be streamed".into()),
+            req @ (Request::Freeze { .. }
+            | Request::FreezeStatus
+            | Request::QueueHold { .. }
+            | Request::QuarantineSelect { .. }
+            | Request::AuditIncident { .. }) => return self.breach(req, admin).await,
         };
         result.unwrap_or_else(|e| Response::err(e.to_string()))
     }

@@ -6,7 +6,8 @@
 //! - L0 `config`, `types` (IDs, envelope, per-recipient status, the one `TlsLevel`),
 //!   `smtp::proto` (I/O-free codec)
 //! - L1 `tls`, `auth`, `sandbox`, `message`, `dlp`, `policy`, `spool`, `audit`, `dns`,
-//!   `metrics`, `webhook` (events out)
+//!   `metrics`, `webhook` (events out); then `limits`, `freeze` (containment state,
+//!   revocation) and `alerts`, which use the spool, audit trail and metrics
 //! - L2 `services` (the one handle on spool, audit, metrics, webhooks and clock), then
 //!   `delivery` (MX → MTA-STS → DANE → TLS client; the `Transport` the queue drives) and
 //!   `queue`
@@ -15,6 +16,7 @@
 //! - L4 `server` (builds the services once, wires everything, signals, systemd notify)
 //! - L5 `cli`
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -23,6 +25,8 @@ pub mod control;
 pub mod delivery;
 pub mod dlp;
 pub mod dns;
+pub mod freeze;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;

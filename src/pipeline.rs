@@ -10,7 +10,7 @@ use crate::policy::{Action, MessageContext, Policy, RcptContext, RcptVerdict};
 use crate::queue::Queue;
 use crate::services::Services;
 use crate::spool::{RecipientState, SpoolError};
-use crate::types::{Envelope, MessageId, Reply};
+use crate::types::{AuthIdentity, Envelope, MessageId, Reply};
 use crate::webhook::Outcome;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +33,35 @@ pub struct RcptCheck<'a> {
     pub mail_from: &'a str,
     pub recipient: &'a str,
     pub accepted_so_far: usize,
+    /// The recipients accepted so far in this transaction (for per-identity limits).
+    pub accepted: &'a [crate::types::Recipient],
+}
+
+/// The sender, checked before MAIL is accepted and again at end of data: sending
+/// limits, freezes with `--refuse-inbound`, and revoked credentials.
+#[derive(Debug)]
+pub struct SenderCheck<'a> {
+    pub identity: &'a AuthIdentity,
+    pub peer: std::net::IpAddr,
+    /// The session's verified client certificate: (CN, SHA-256 hex).
+    pub client_cert: Option<(Option<&'a str>, &'a str)>,
+}
+
+/// What the pipeline says about a sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Accept,
+    /// Refuse this transaction (limit, freeze); the session stays authorised.
+    Refuse(Reply),
+    /// The credential was revoked: refuse, and the session is no longer authorised.
+    Revoked(Reply),
+}
+
+/// Security-relevant things a session saw, for the anomaly alerts.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionEvent {
+    /// An AUTH attempt failed; `locked` when the failure limiter cut the source off.
+    AuthFailure { ip: std::net::IpAddr, locked: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +99,12 @@ pub trait Handoff: Send + Sync + 'static {
     /// A reply refusing this recipient, or `None` to accept it.
     fn check_recipient(&self, check: &RcptCheck<'_>) -> Option<Reply>;
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>>;
+    /// Asked before MAIL is accepted. The default accepts (handoffs without limits).
+    fn check_sender(&self, _check: &SenderCheck<'_>) -> SenderVerdict {
+        SenderVerdict::Accept
+    }
+    /// A session reports a security-relevant event. The default ignores it.
+    fn session_event(&self, _event: SessionEvent) {}
 }
 
 /// The pipeline used by the server.
@@ -255,8 +290,53 @@ impl Handoff for Pipeline {
             accepted_so_far: check.accepted_so_far,
         };
         match self.policy().check_recipient(&ctx, check.recipient) {
-            RcptVerdict::Accept => None,
-            RcptVerdict::Reject(r) => Some(r),
+            RcptVerdict::Accept => {}
+            RcptVerdict::Reject(r) => return Some(r),
+        }
+        let identity = check.auth?;
+        let mut domains: Vec<String> = check.accepted.iter().map(|r| r.domain()).collect();
+        domains.push(crate::types::domain_of(check.recipient));
+        let usage = crate::limits::Usage {
+            messages: 1,
+            recipients: check.accepted.len() as u64 + 1,
+            domains: &domains,
+            bytes: 0,
+        };
+        let limits = &self.services.limits;
+        match limits.check(identity, &usage, self.services.now()) {
+            Ok(()) => None,
+            Err(e) => Some(self.limit_refused(identity, "rcpt", &e)),
+        }
+    }
+
+    fn check_sender(&self, check: &SenderCheck<'_>) -> SenderVerdict {
+        let identity = check.identity.to_string();
+        if self
+            .services
+            .freeze
+            .revoked(check.identity, check.peer, check.client_cert)
+        {
+            info!(peer = %check.peer, "MAIL refused: credential revoked since the session authorised");
+            return SenderVerdict::Revoked(revoked_reply());
+        }
+        if self.services.freeze.refuses(&identity) {
+            return SenderVerdict::Refuse(frozen_reply());
+        }
+        let usage = crate::limits::Usage {
+            messages: 1,
+            ..Default::default()
+        };
+        match (self.services.limits).check(&identity, &usage, self.services.now()) {
+            Ok(()) => SenderVerdict::Accept,
+            Err(e) => SenderVerdict::Refuse(self.limit_refused(&identity, "mail", &e)),
+        }
+    }
+
+    fn session_event(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::AuthFailure { ip, locked } => {
+                (self.services.alerts).auth_failure(&ip.to_string(), locked, self.services.now())
+            }
         }
     }
 
@@ -304,10 +384,18 @@ impl Pipeline {
             self.services.audit.record(events).await?;
             return Ok((v.reply, Action::Reject));
         }
+        let counters = match self.admit(&v) {
+            Ok(ops) => ops,
+            Err(reply) => {
+                // Refused as a whole: record what arrived, nothing is spooled or counted.
+                self.services.audit.record(events).await?;
+                return Ok((reply, Action::Reject));
+            }
+        };
         let key_id = spool.keyring().current().id().to_string();
         let quarantined = v.action == Action::Quarantine;
         events.push(AuditEvent::spooled(id, &key_id, quarantined));
-        let attach = self.services.attach(events);
+        let attach = self.services.attach(events).with_ops(counters);
         if quarantined {
             spool
                 .enqueue_quarantined_with(id, &v.envelope, content, &v.rule, &attach)
@@ -327,6 +415,85 @@ impl Pipeline {
         ))
     }
 
+    /// A sending limit refused mail: metric and audit record (identity encrypted, no
+    /// addresses), then the 451 4.7.1 reply.
+    fn limit_refused(&self, identity: &str, stage: &str, e: &crate::limits::Exceeded) -> Reply {
+        let limit = e.limit.as_str();
+        (self.services.metrics).inc(
+            crate::metrics::LIMIT_REFUSALS,
+            &[("limit", limit), ("stage", stage)],
+        );
+        info!(
+            limit,
+            stage,
+            retry_after = e.retry_after,
+            "mail refused by a sending limit"
+        );
+        let ev = AuditEvent::new(crate::audit::Kind::LimitExceeded)
+            .field("limit", limit)
+            .field("max", e.max)
+            .field("retry_after", e.retry_after)
+            .field("stage", stage)
+            .person("identity", identity);
+        self.services.audit.record_now(ev);
+        e.reply()
+    }
+
+    /// End of data: the sender checks again (a credential revoked or a freeze set while
+    /// the client was sending), then the limits for the whole message, counted at once.
+    /// Returns the counter write to commit with the message, or the refusal.
+    fn admit(&self, v: &Verdict) -> Result<Vec<crate::spool::Op>, Reply> {
+        let env = &v.envelope;
+        let Some(auth) = env.auth.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let identity = auth.to_string();
+        let peer: std::net::IpAddr = env
+            .peer_ip
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let sha = env
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert_sha256.as_deref());
+        let cert = match (auth, sha) {
+            (AuthIdentity::ClientCert(c), Some(sha)) => Some((
+                c.strip_prefix("sha256:").is_none().then_some(c.as_str()),
+                sha,
+            )),
+            _ => None,
+        };
+        if self.services.freeze.revoked(auth, peer, cert) {
+            return Err(revoked_reply());
+        }
+        if self.services.freeze.refuses(&identity) {
+            return Err(frozen_reply());
+        }
+        let mut domains: Vec<String> = env.recipients.iter().map(|r| r.domain()).collect();
+        domains.sort();
+        domains.dedup();
+        let usage = crate::limits::Usage {
+            messages: 1,
+            recipients: env.recipients.len() as u64,
+            domains: &domains,
+            bytes: v.received_size as u64,
+        };
+        let now = self.services.now();
+        let limits = &self.services.limits;
+        let new_source = limits.is_new_source(&identity, &env.peer_ip, now);
+        let op = limits
+            .admit(&identity, &usage, Some(&env.peer_ip), now)
+            .map_err(|e| self.limit_refused(&identity, "data", &e))?;
+        let alerts = &self.services.alerts;
+        if new_source {
+            alerts.new_source(&identity, &env.peer_ip);
+        }
+        let (this_hour, baseline) = limits.volume(&identity, now);
+        alerts.volume(&identity, this_hour, baseline, now);
+        alerts.dlp(&identity, v.counts.values().sum::<usize>() as u64, now);
+        Ok(vec![op])
+    }
+
     fn notify_quarantined(&self, id: MessageId, env: &Envelope) {
         let event = WebhookEvent::Quarantined;
         self.services.metrics.outcome(event.as_str());
@@ -338,6 +505,18 @@ impl Pipeline {
             at: self.services.now(),
         });
     }
+}
+
+fn revoked_reply() -> Reply {
+    Reply::new(535, "5.7.8", "Authentication credentials revoked")
+}
+
+fn frozen_reply() -> Reply {
+    Reply::new(
+        451,
+        "4.7.1",
+        "Sending suspended by the administrator, try again later",
+    )
 }
 
 #[cfg(test)]

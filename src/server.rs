@@ -145,12 +145,26 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     if !cfg.webhooks.is_empty() {
         info!(hooks = cfg.webhooks.len(), "delivery webhooks enabled");
     }
+    let limits = Arc::new(crate::limits::Limits::new(
+        cfg.limits.clone(),
+        spool.store().clone(),
+    ));
+    let freeze =
+        Arc::new(crate::freeze::Freeze::open(spool.store().clone()).map_err(SpoolError::Io)?);
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        cfg.alerts.clone(),
+        audit.clone(),
+        metrics.clone(),
+    ));
     let services = Services {
         spool: spool.clone(),
         audit,
         metrics: metrics.clone(),
         webhooks,
         clock: Arc::new(SystemClock),
+        limits,
+        freeze,
+        alerts,
     };
     let queue = Queue::new(services.clone(), transport, queue_settings(&cfg));
     let pipeline = Arc::new(Pipeline::new(
@@ -190,7 +204,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         limiter,
         shutdown: shutdown.clone(),
     };
-    let shared = Arc::new(RwLock::new(build_shared(&cfg, &front)?));
+    let first = build_shared(&cfg, &front)?;
+    install_credentials(&services, &cfg, &first);
+    let shared = Arc::new(RwLock::new(first));
     let limits = ConnLimits::new(
         cfg.server.max_connections,
         cfg.server.max_connections_per_ip,
@@ -442,6 +458,18 @@ fn build_shared(cfg: &Config, front: &FrontEnd) -> Result<Arc<Shared>, ServerErr
     }))
 }
 
+/// Hand the breach-prevention services what a (re)load decided: limits, alert settings
+/// and the credentials open sessions are re-checked against (revocation).
+fn install_credentials(services: &Services, cfg: &Config, shared: &Shared) {
+    services.limits.set_config(cfg.limits.clone());
+    services.alerts.set_config(cfg.alerts.clone());
+    services.freeze.set_credentials(
+        &shared.users,
+        &cfg.auth.client_cert_allow,
+        &cfg.auth.allow_networks,
+    );
+}
+
 /// The DLP/recipient policy named by the config, or the permissive built-in one.
 pub fn load_policy(cfg: &Config) -> Result<Policy, ServerError> {
     Ok(match &cfg.policy.file {
@@ -469,6 +497,7 @@ fn reload(
     tls.reload(&new.tls)?;
     pipeline.set_policy(policy);
     pipeline.set_min_free(new.spool.min_free.0);
+    install_credentials(&front.services, &new, &new_shared);
     *shared.write().unwrap_or_else(|p| p.into_inner()) = new_shared;
     let restart_needed = new.listeners.len() != current.listeners.len()
         || new

@@ -32,6 +32,12 @@ pub struct Services {
     /// Final outcomes and quarantine events; an empty set when no hook is configured.
     pub webhooks: Arc<Webhooks>,
     pub clock: Arc<dyn Clock>,
+    /// Per-identity sending limits.
+    pub limits: Arc<crate::limits::Limits>,
+    /// Freezes, holds and credential revocation.
+    pub freeze: Arc<crate::freeze::Freeze>,
+    /// Anomaly alerts.
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Services {

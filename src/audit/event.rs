@@ -34,6 +34,16 @@ pub enum Kind {
     ConfigReload,
     RetentionPurge,
     Export,
+    /// A sending limit refused mail (`[limits]`).
+    LimitExceeded,
+    /// An anomaly alert (`[alerts]`).
+    SecurityAlert,
+    /// `phigate freeze on|off`.
+    Freeze,
+    /// `phigate queue hold|release`.
+    Hold,
+    /// `phigate audit incident` was run.
+    IncidentReport,
 }
 
 impl Kind {
@@ -61,6 +71,11 @@ impl Kind {
             Kind::ConfigReload => "config_reload",
             Kind::RetentionPurge => "retention_purge",
             Kind::Export => "export",
+            Kind::LimitExceeded => "limit_exceeded",
+            Kind::SecurityAlert => "security_alert",
+            Kind::Freeze => "freeze",
+            Kind::Hold => "hold",
+            Kind::IncidentReport => "incident_report",
         }
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod event;
 pub mod export;
+pub mod incident;
 pub mod record;
 pub mod syslog;
 pub mod verify;
@@ -111,10 +112,21 @@ impl std::fmt::Debug for Audit {
 pub struct Batch<'a> {
     audit: &'a Audit,
     events: Vec<AuditEvent>,
+    /// More writes for the same transaction (e.g. sending-limit counters).
+    extra: Vec<Op>,
+}
+
+impl Batch<'_> {
+    /// Commit `ops` in the same transaction as the state change and its records.
+    pub fn with_ops(mut self, ops: Vec<Op>) -> Self {
+        self.extra.extend(ops);
+        self
+    }
 }
 
 impl Attach for Batch<'_> {
-    fn commit(&self, _store: &dyn Store, ops: Vec<Op>) -> io::Result<Option<Receipt>> {
+    fn commit(&self, _store: &dyn Store, mut ops: Vec<Op>) -> io::Result<Option<Receipt>> {
+        ops.extend(self.extra.iter().cloned());
         let receipt = Receipt::default();
         self.audit.stage(Staged {
             ts: now_ms(),
@@ -249,6 +261,7 @@ impl Audit {
         Batch {
             audit: self,
             events,
+            extra: Vec::new(),
         }
     }
 

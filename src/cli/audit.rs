@@ -37,6 +37,9 @@ pub enum AuditAction {
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
     },
+    /// Incident report: one row per message and recipient with TLS evidence, from the
+    /// verified audit trail alone (works after content was shredded; audited).
+    Incident(super::freeze::IncidentArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -47,7 +50,7 @@ pub enum ExportFormat {
 
 const LOCKED: &str = "the daemon holds the spool; run this through it or stop it";
 
-fn open_spool(config: &Path) -> Result<(Config, Arc<Spool>), CliError> {
+pub(super) fn open_spool(config: &Path) -> Result<(Config, Arc<Spool>), CliError> {
     let cfg = Config::load(config)?;
     let ring = crate::server::load_keyring(&cfg)?;
     let dir = cfg.server.data_dir.join("spool");
@@ -67,7 +70,7 @@ fn open_spool(config: &Path) -> Result<(Config, Arc<Spool>), CliError> {
 }
 
 /// Unix milliseconds from RFC 3339 or unix seconds.
-fn parse_time(s: &str) -> Result<u64, CliError> {
+pub(super) fn parse_time(s: &str) -> Result<u64, CliError> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(secs.saturating_mul(1000));
     }
@@ -85,7 +88,7 @@ fn parse_head(s: &str) -> Result<(u64, [u8; 32]), CliError> {
     Ok((seq, hash))
 }
 
-fn admin_name() -> String {
+pub(super) fn admin_name() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
@@ -93,7 +96,7 @@ fn admin_name() -> String {
 
 /// The running daemon's config when its control socket answers, else `None` (then the
 /// spool is opened directly).
-fn daemon(config: &Path) -> Result<Option<Config>, CliError> {
+pub(super) fn daemon(config: &Path) -> Result<Option<Config>, CliError> {
     let cfg = super::control_client::load_config(config)?;
     let Some(sock) = &cfg.server.control_socket else {
         return Ok(None);
@@ -109,6 +112,8 @@ fn via_daemon(config: &Path, action: &AuditAction) -> Result<bool, CliError> {
         return Ok(false);
     };
     match action {
+        // Handled by `run` before this.
+        AuditAction::Incident(_) => return Ok(false),
         AuditAction::Verify { head } => {
             let head = head
                 .as_deref()
@@ -150,10 +155,14 @@ fn via_daemon(config: &Path, action: &AuditAction) -> Result<bool, CliError> {
 }
 
 pub fn run(config: &Path, action: &AuditAction) -> Result<(), CliError> {
+    if let AuditAction::Incident(args) = action {
+        return super::freeze::run_incident(config, args);
+    }
     if via_daemon(config, action)? {
         return Ok(());
     }
     match action {
+        AuditAction::Incident(args) => super::freeze::run_incident(config, args),
         AuditAction::Verify { head } => {
             let external = head.as_deref().map(parse_head).transpose()?;
             let (_, spool) = open_spool(config)?;

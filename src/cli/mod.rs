@@ -4,6 +4,7 @@
 mod audit;
 pub mod control_client;
 mod dlp;
+mod freeze;
 mod keys;
 mod quarantine;
 mod queue;
@@ -87,6 +88,11 @@ pub enum Command {
     Quarantine {
         #[command(subcommand)]
         action: quarantine::QuarantineAction,
+    },
+    /// Hold outbound delivery for an identity or everything (breach response).
+    Freeze {
+        #[command(subcommand)]
+        action: freeze::FreezeAction,
     },
     /// Is the daemon running, and how full is its queue.
     Status {
@@ -212,5 +218,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tls { action } => tls::run(&cli.config, action),
         Command::Sts { action } => sts::run(&cli.config, action),
         Command::Audit { action } => audit::run(&cli.config, action),
+        Command::Freeze { action } => freeze::run_freeze(&cli.config, action),
     }
 }

@@ -40,6 +40,10 @@ pub enum QueueAction {
     },
     /// Give up on a message and crypto-shred its content (no DSN is sent).
     Delete { id: String },
+    /// Hold delivery of a message, of every pending message of an identity, or of all.
+    Hold(super::freeze::HoldArgs),
+    /// Release held messages (by ID, identity or all) for delivery.
+    Release(super::freeze::HoldArgs),
     /// Counts by state.
     Stats {
         #[arg(long)]
@@ -69,8 +73,14 @@ fn tag(t: StateTag) -> String {
 }
 
 pub fn run(config: &Path, action: &QueueAction) -> Result<(), CliError> {
+    match action {
+        QueueAction::Hold(args) => return super::freeze::run_hold(config, false, args),
+        QueueAction::Release(args) => return super::freeze::run_hold(config, true, args),
+        _ => {}
+    }
     let cfg = load_config(config)?;
     match action {
+        QueueAction::Hold(_) | QueueAction::Release(_) => {}
         QueueAction::List { state, json } => {
             let state = state.as_deref().map(parse_state).transpose()?;
             let items: Vec<QueueItem> = call(&cfg, &Request::QueueList { state })?;

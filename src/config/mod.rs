@@ -74,6 +74,12 @@ pub struct Config {
     /// Delivery-outcome webhooks.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
+    /// Per-identity sending limits (`[limits]`, `[[limits.identity]]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Anomaly alerts (`[alerts]`).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
@@ -455,9 +461,11 @@ impl Default for AuditConfig {
     }
 }
 
+mod breach;
 mod defaults;
 mod values;
 
+pub use breach::{AlertsConfig, IdentityLimits, LimitValues, LimitsConfig};
 pub use values::{ByteSize, Cidr, Seconds};
 
 impl Config {

@@ -87,6 +87,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "RCPT commands refused, by enhanced status code.",
     ),
+    (
+        LIMIT_REFUSALS,
+        "counter",
+        "Mail refused by a per-identity sending limit, by limit and SMTP stage.",
+    ),
+    (
+        SECURITY_ALERTS,
+        "counter",
+        "Anomaly alerts raised, by kind.",
+    ),
+    (
+        ADMIN_ACTIONS,
+        "counter",
+        "Containment actions (freeze, hold, release), by action.",
+    ),
 ];
 
 pub const CONNECTIONS: &str = "phigate_connections_total";
@@ -102,6 +117,9 @@ pub const WEBHOOK_POSTS: &str = "phigate_webhook_posts_total";
 pub const CONNECTIONS_REFUSED: &str = "phigate_connections_refused_total";
 pub const AUTH_RESULTS: &str = "phigate_auth_total";
 pub const RCPT_REFUSED: &str = "phigate_rcpt_refused_total";
+pub const LIMIT_REFUSALS: &str = "phigate_limit_refusals_total";
+pub const SECURITY_ALERTS: &str = "phigate_security_alerts_total";
+pub const ADMIN_ACTIONS: &str = "phigate_admin_actions_total";
 
 /// A sample computed at scrape time (queue depth and the like).
 #[derive(Debug, Clone)]

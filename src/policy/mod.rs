@@ -8,7 +8,7 @@
 mod apply;
 mod decide;
 mod explain;
-mod glob;
+pub mod glob;
 mod load;
 
 use crate::dlp::{Confidence, DlpConfig, Mode, Scanner};

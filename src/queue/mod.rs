@@ -230,6 +230,43 @@ impl Queue {
         }
     }
 
+    /// Is `id` frozen or held (`phigate freeze`, `queue hold`)? Then it stays queued,
+    /// untouched, until released.
+    fn held(&self, id: MessageId) -> bool {
+        let freeze = &self.services.freeze;
+        if !freeze.active() {
+            return false;
+        }
+        let identity = freeze.identity_of(id, || {
+            let env = self.services.spool.envelope(&id).ok()?;
+            Some(env.auth.map(|a| a.to_string()))
+        });
+        let Some(identity) = identity else {
+            return false;
+        };
+        freeze.holds(&id, identity.as_deref()).is_some()
+    }
+
+    /// Delivery attempts that failed TLS verification (4.7.5, or 5.7.30 under
+    /// REQUIRETLS) raise an alert: a downgrade attack looks like this.
+    fn alert_tls(&self, env: &Envelope, got: &[RcptOutcome]) {
+        let failed: Vec<&RcptOutcome> = got
+            .iter()
+            .filter(|o| match &o.result {
+                AttemptResult::Transient(r) | AttemptResult::Permanent(r) => {
+                    r.enhanced == "4.7.5" || r.enhanced == "5.7.30"
+                }
+                AttemptResult::Delivered(_) => false,
+            })
+            .collect();
+        let Some(first) = failed.first() else {
+            return;
+        };
+        let ip = first.hop.as_ref().map(|h| h.ip.as_str()).unwrap_or("");
+        let identity = env.auth.as_ref().map(|a| a.to_string());
+        (self.services.alerts).tls_failure(identity.as_deref(), ip, failed.len() as u64);
+    }
+
     /// One delivery attempt for the due recipients of `id`.
     pub async fn attempt(&self, id: MessageId) -> Result<(), QueueError> {
         let now = self.services.now();
@@ -248,7 +285,7 @@ impl Queue {
             })
             .map(|(i, _)| i)
             .collect();
-        if due.is_empty() {
+        if due.is_empty() || self.held(id) {
             return Ok(());
         }
         let (env, content) = self.services.spool.load(&id)?;
@@ -271,6 +308,7 @@ impl Queue {
                 rcpts: idxs,
             };
             let got = self.transport.deliver(job).await;
+            self.alert_tls(&env, &got);
             let method = got.first().and_then(|o| o.hop.as_ref());
             let method = method.map(|h| h.method.as_str()).unwrap_or("");
             (self.services.metrics).delivery_duration(method, started.elapsed().as_secs_f64());

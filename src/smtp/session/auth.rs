@@ -103,6 +103,10 @@ impl Session {
             return;
         }
         let blocked = self.shared.limiter.fail(ip);
+        (self.shared.handoff).session_event(crate::pipeline::SessionEvent::AuthFailure {
+            ip,
+            locked: blocked,
+        });
         warn!(session = %self.conn.id, peer = %ip, user = %user, "AUTH failure");
         self.shared
             .audit_auth(false, &self.conn.id, self.conn.peer, &user);

@@ -2,7 +2,7 @@
 //! the hand-over of a finished message as [`Action::Submit`].
 
 use super::{params, replies, Action, Chunk, Closing, Session, State, Transaction};
-use crate::pipeline::{RcptCheck, Submission};
+use crate::pipeline::{RcptCheck, SenderCheck, SenderVerdict, Submission};
 use crate::smtp::proto::{DataError, DataReader, Param};
 use crate::types::{Envelope, MessageId, Recipient, Reply};
 use tracing::info;
@@ -21,6 +21,11 @@ impl Session {
         if self.auth.is_none() {
             info!(session = %self.conn.id, peer = %self.conn.peer.ip(), code = 530, "MAIL refused: not authorised");
             self.send(replies::AUTH_REQUIRED);
+            return;
+        }
+        if let Some(r) = self.sender_refusal() {
+            info!(session = %self.conn.id, peer = %self.conn.peer.ip(), code = r.code, "MAIL refused");
+            self.send(r);
             return;
         }
         let esmtp = self.helo.as_ref().map(|h| h.1).unwrap_or(false);
@@ -76,6 +81,7 @@ impl Session {
             mail_from: &tx.from,
             recipient: &rcpt.address,
             accepted_so_far: tx.rcpts.len(),
+            accepted: &tx.rcpts,
         };
         if let Some(r) = self.shared.handoff.check_recipient(&check) {
             info!(session = %self.conn.id, code = r.code, "recipient refused by policy");
@@ -86,6 +92,31 @@ impl Session {
             tx.rcpts.push(rcpt);
         }
         self.send(replies::RCPT_OK);
+    }
+
+    /// Limits, freezes and revocation, asked of the pipeline before MAIL. A revoked
+    /// credential also ends the session's authorisation.
+    fn sender_refusal(&mut self) -> Option<Reply> {
+        let auth = self.auth.as_ref()?;
+        let cert = self
+            .conn
+            .client_cert
+            .as_ref()
+            .map(|c| (c.cn.as_deref(), c.sha256.as_str()));
+        let check = SenderCheck {
+            identity: auth,
+            peer: self.conn.peer.ip(),
+            client_cert: cert,
+        };
+        match self.shared.handoff.check_sender(&check) {
+            SenderVerdict::Accept => None,
+            SenderVerdict::Refuse(r) => Some(r),
+            SenderVerdict::Revoked(r) => {
+                self.auth = None;
+                self.password_authed = false;
+                Some(r)
+            }
+        }
     }
 
     /// Send a RCPT refusal and count it.
