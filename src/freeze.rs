@@ -74,6 +74,8 @@ pub struct Freeze {
     /// Identity of each message the queue has asked about (envelopes are sealed; this
     /// saves decrypting one every pass while a freeze is on).
     identity_of: Mutex<HashMap<MessageId, Option<String>>>,
+    /// Messages whose hold was logged by this process (once each).
+    logged: Mutex<BTreeSet<MessageId>>,
 }
 
 impl std::fmt::Debug for Freeze {
@@ -95,6 +97,7 @@ impl Freeze {
             change: tokio::sync::Mutex::new(()),
             current: RwLock::new(Current::default()),
             identity_of: Mutex::new(HashMap::new()),
+            logged: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -144,6 +147,15 @@ impl Freeze {
             return Some("held");
         }
         None
+    }
+
+    /// True the first time this process holds `id` (so the hold is logged once).
+    pub fn first_hold(&self, id: MessageId) -> bool {
+        let mut l = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() > 100_000 {
+            l.clear();
+        }
+        l.insert(id)
     }
 
     /// The remembered identity of `id`, or `lookup()`'s answer (then remembered).

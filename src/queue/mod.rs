@@ -244,7 +244,13 @@ impl Queue {
         let Some(identity) = identity else {
             return false;
         };
-        freeze.holds(&id, identity.as_deref()).is_some()
+        let Some(why) = freeze.holds(&id, identity.as_deref()) else {
+            return false;
+        };
+        if freeze.first_hold(id) {
+            info!(msg_id = %id, why, "delivery held");
+        }
+        true
     }
 
     /// Delivery attempts that failed TLS verification (4.7.5, or 5.7.30 under
