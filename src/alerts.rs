@@ -259,8 +259,14 @@ impl Alerts {
     }
 
     /// A delivery attempt to `peer_ip` failed TLS verification (possible downgrade).
+    /// Once per peer and hour: retries of the same message must not flood the SIEM.
     pub fn tls_failure(&self, identity: Option<&str>, peer_ip: &str, recipients: u64) {
         if !self.cfg().tls_verification_failures {
+            return;
+        }
+        let hour = crate::types::now_secs() / 3600;
+        let key = format!("{}|{peer_ip}", identity.unwrap_or(""));
+        if !self.first((AlertKind::TlsVerification, key, hour)) {
             return;
         }
         self.raise(Alert {

@@ -555,3 +555,90 @@ impl GatewayExt for Gateway {
 trait GatewayExt {
     fn messages_now_len(&self) -> usize;
 }
+
+#[test]
+fn dlp_burst_and_failed_tls_verification_raise_alerts() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let sink_port = free_port();
+    let metrics_port = free_port();
+    // The receiver's certificate is not trusted (no extra CA): `verify` must fail.
+    let delivery = format!(
+        "mode = \"mx\"\ntls_level = \"verify\"\nconnect_timeout = \"5s\"\n\
+         [delivery.domains.\"x.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"verify\"\n\
+         \n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+         \n[alerts]\ndlp_findings = 2\n"
+    );
+    let gw = Gateway::start(GwOpts {
+        listeners: vec![listener("smtps", "implicit", &["password"])],
+        users: vec!["ehr"],
+        control_socket: true,
+        delivery: Some(delivery),
+        policy: Some("[dlp]\nmode = \"monitor\"\n\n[default]\naction = \"accept\"\n".into()),
+        server_extra: "\n[queue]\nretry = [\"1s\"]\n".into(),
+        ..GwOpts::default()
+    });
+    let inbox = work.path().join("inbox");
+    std::fs::create_dir_all(&inbox).expect("inbox");
+    let (cert, key) = gw.pki.new_server_cert();
+    std::fs::write(work.path().join("mx.pem"), cert).expect("mx cert");
+    std::fs::write(work.path().join("mx.key"), key).expect("mx key");
+    let sink_log = work.path().join("sink.log");
+    let _sink = Proc(
+        Command::new(PYTHON)
+            .arg(peers_dir().join("tls_sink.py"))
+            .arg(sink_port.to_string())
+            .arg(work.path().join("mx.pem"))
+            .arg(work.path().join("mx.key"))
+            .arg(&inbox)
+            .stdout(std::fs::File::create(&sink_log).expect("sink log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tls_sink.py"),
+    );
+    wait_for("receiving MTA", Duration::from_secs(20), || {
+        std::fs::read_to_string(&sink_log).is_ok_and(|s| s.contains("ready"))
+    });
+    // Two distinct identifiers in one message: SSN and card number.
+    let r = transaction(
+        &gw,
+        "ehr",
+        &["p1@x.test"],
+        "SSN 536-22-1876, card 4111 1111 1111 1111",
+    );
+    assert!(r.last().is_some_and(|l| l.starts_with("250")), "{r:?}");
+    let find = |alert: &str| {
+        audit_records(&gw)
+            .into_iter()
+            .find(|r| r["kind"] == "security_alert" && r["alert"] == alert)
+    };
+    let dlp = find("dlp_burst").expect("dlp_burst alert");
+    assert_eq!(dlp["identity"], "password:ehr");
+    assert_eq!(dlp["counts"]["findings"], 2);
+    let text = dlp.to_string();
+    assert!(
+        !text.contains("536-22-1876") && !text.contains("4111"),
+        "{text}"
+    );
+    wait_for("TLS verification alert", Duration::from_secs(30), || {
+        find("tls_verification").is_some()
+    });
+    let tls = find("tls_verification").expect("alert");
+    assert_eq!(tls["identity"], "password:ehr");
+    assert_eq!(tls["ip"], "127.0.0.1");
+    assert!(!tls.to_string().contains("x.test"), "{tls}");
+    let scraped = scrape(metrics_port);
+    for kind in ["dlp_burst", "tls_verification"] {
+        assert!(
+            metric_sample(
+                &scraped,
+                &format!("phigate_security_alerts_total{{kind=\"{kind}\"}}")
+            )
+            .is_some_and(|v| v >= 1.0),
+            "{kind}: {scraped}"
+        );
+    }
+    assert_eq!(inbox_count(&inbox), 0, "delivered over unverified TLS");
+}

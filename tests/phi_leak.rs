@@ -19,7 +19,7 @@
 //!   bounced and quarantined events must arrive;
 //! - the audit records forwarded to syslog (`[audit] syslog`, addresses off, the
 //!   default), as a real `rsyslogd` (imudp on loopback, omfile) received, parsed as
-//!   RFC 5424 and wrote them;
+//!   RFC 5424 and wrote them, including security alerts and sending-limit refusals;
 //! - the DSN, any file under `data_dir` (the spool and audit store are encrypted), and
 //!   the loopback traffic to the receiver (TLS on the wire).
 //!
@@ -328,6 +328,9 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     if let Some(s) = &syslog {
         delivery += &format!("\n[audit]\nsyslog = \"udp://127.0.0.1:{}\"\n", s.port);
     }
+    // Breach prevention (#17) on, so its outputs are checked too: a recipient limit one
+    // canary recipient runs into, and alerts that fire on this mix (volume, DLP burst).
+    delivery += "\n[limits]\nrecipients_per_day = 4\n\n[alerts]\nvolume_factor = 1.0\nvolume_min_messages = 0\ndlp_findings = 1\n";
     let mut gw = Gateway::start(GwOpts {
         listeners: vec![listener("smtps", "implicit", &["ip"])],
         delivery: Some(delivery),
@@ -564,6 +567,30 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         );
     }
 
+    // 4. A sending limit refuses a canary recipient at RCPT (3 of 4 recipients a day are
+    //    used: messages 1 and 3; the rejected message 2 is not counted, nor the DSN).
+    let t = py(serde_json::json!({
+        "port": port, "mode": "implicit", "cafile": ca, "servername": "localhost",
+        "steps": [
+            send("EHLO ehr.clinic.test\r\n"),
+            send(&format!("MAIL FROM:<{SENDER}>\r\n")),
+            send(&format!("RCPT TO:<{good}>\r\n")),
+            send(&format!("RCPT TO:<{LOCAL}.2@x.test>\r\n")),
+            send("RSET\r\n"),
+            send("QUIT\r\n"),
+        ],
+    }));
+    assert!(
+        t.line(2).starts_with("250"),
+        "RCPT within the limit: {:?}",
+        t.lines(2)
+    );
+    assert!(
+        t.line(3).starts_with("451 4.7.1"),
+        "RCPT over the limit: {:?}",
+        t.lines(3)
+    );
+
     // Metrics: the scrape shows the mix went through, and no canary.
     let base = format!("http://127.0.0.1:{metrics_port}");
     let (status, scrape) = http_get(&format!("{base}/metrics"));
@@ -573,7 +600,11 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         count("phigate_messages_total{outcome=\"accepted\",reason=\"accept\"}") >= 1.0
             && count("phigate_outcomes_total{event=\"delivered\"}") >= 1.0
             && count("phigate_outcomes_total{event=\"bounced\"}") >= 1.0
-            && count("phigate_outcomes_total{event=\"quarantined\"}") >= 1.0,
+            && count("phigate_outcomes_total{event=\"quarantined\"}") >= 1.0
+            && count("phigate_security_alerts_total{kind=\"dlp_burst\"}") >= 1.0
+            && count("phigate_security_alerts_total{kind=\"volume\"}") >= 1.0
+            && count("phigate_limit_refusals_total{limit=\"recipients_per_day\",stage=\"rcpt\"}",)
+                >= 1.0,
         "the scrape does not show the mix:\n{scrape}"
     );
     let (healthz, health) = http_get(&format!("{base}/healthz"));
@@ -596,6 +627,8 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
             "delivered",
             "bounced",
             "dsn_sent",
+            "security_alert",
+            "limit_exceeded",
         ];
         let has_all = || {
             let text = std::fs::read_to_string(&s.out).unwrap_or_default();
