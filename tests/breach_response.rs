@@ -642,3 +642,77 @@ fn dlp_burst_and_failed_tls_verification_raise_alerts() {
     }
     assert_eq!(inbox_count(&inbox), 0, "delivered over unverified TLS");
 }
+
+#[test]
+fn removing_a_client_certificate_revokes_its_open_session_and_lockouts_alert() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let gw = Gateway::start(GwOpts {
+        listeners: vec![listener("smtps", "implicit", &["client-cert", "password"])],
+        client_ca: true,
+        users: vec!["ehr"],
+        control_socket: true,
+        auth_extra: "client_cert_allow = [\"ehr.clinic.test\"]\nmax_failures = 2\n".into(),
+        ..GwOpts::default()
+    });
+    let mark = gw.tmp.path().join("ready");
+    let go = gw.tmp.path().join("go");
+    let mut spec = gw.peer(
+        "smtps",
+        vec![
+            send("EHLO ehr.clinic.test\r\n"),
+            send("MAIL FROM:<ehr@clinic.test>\r\n"),
+            send("RSET\r\n"),
+            json!({ "touch": mark, "wait_file": go, "send": "MAIL FROM:<ehr@clinic.test>\r\n" }),
+            send("QUIT\r\n"),
+        ],
+    );
+    spec["cert"] = json!(gw.pki.client_cert);
+    spec["key"] = json!(gw.pki.client_key);
+    let child = py_spawn(spec);
+    wait_for("session authorised", Duration::from_secs(20), || {
+        mark.exists()
+    });
+    let text = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        text.replace(
+            "client_cert_allow = [\"ehr.clinic.test\"]",
+            "client_cert_allow = [\"other.clinic.test\"]",
+        ),
+    )
+    .expect("config");
+    let before = gw.log().len();
+    gw.signal("HUP");
+    wait_for("reload", Duration::from_secs(20), || {
+        gw.log()
+            .get(before..)
+            .is_some_and(|l| l.contains("configuration reloaded"))
+    });
+    std::fs::write(&go, "").expect("go");
+    let t = py_wait(child);
+    assert!(
+        t.line(1).starts_with("250 2.1.0"),
+        "authorised before: {:?}",
+        t.steps
+    );
+    assert!(t.line(3).starts_with("535 5.7.8"), "revoked: {:?}", t.steps);
+
+    // Two failures reach `max_failures`: the lockout is an alert naming only the IP.
+    py(gw.peer(
+        "smtps",
+        vec![
+            send("EHLO x\r\n"),
+            send(&auth_plain("ehr", "wrong-1")),
+            send(&auth_plain("ehr", "wrong-2")),
+            send("QUIT\r\n"),
+        ],
+    ));
+    let alert = audit_records(&gw)
+        .into_iter()
+        .find(|r| r["kind"] == "security_alert" && r["alert"] == "auth_lockout")
+        .expect("auth_lockout alert");
+    assert_eq!(alert["ip"], "127.0.0.1");
+    assert_eq!(alert["identity"], Value::Null);
+}

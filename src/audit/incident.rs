@@ -435,3 +435,130 @@ impl Incident {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Audit, AuditEvent, AuditSettings, Kind};
+    use crate::spool::{MasterKey, Spool};
+    use crate::types::{AuthIdentity, Envelope, HopInfo, MessageId, Recipient, Reply, Status};
+    use std::sync::Arc;
+
+    fn env(identity: &str, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            mail_from: "dr@clinic.test".into(),
+            params: Default::default(),
+            recipients: rcpts.iter().map(|r| Recipient::new(*r)).collect(),
+            helo: "h".into(),
+            peer_ip: "192.0.2.7".into(),
+            listener: "smtps".into(),
+            auth: Some(AuthIdentity::Password(identity.into())),
+            tls: None,
+            received_at: 0,
+            tls_floor: None,
+            session: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_states_filters_and_summary() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ring = Keyring::from_keys(vec![MasterKey::from_bytes("k1", 0, [9u8; 32])], "k1")
+            .expect("ring");
+        let spool = Arc::new(Spool::open(dir.path(), ring).expect("spool"));
+        let audit = Audit::open(spool.clone(), AuditSettings::default()).expect("audit");
+        let (a, b, c) = (MessageId::new(), MessageId::new(), MessageId::new());
+        let ea = env("ehr", &["p1@x.test", "P2@y.test"]);
+        let hop = HopInfo {
+            mx_host: "mx.x.test".into(),
+            tls_version: "TLSv1.3".into(),
+            peer_cert_sha256: "ab".into(),
+            method: "dane-ee".into(),
+            ..HopInfo::default()
+        };
+        let ok = Reply::new(250, "2.0.0", "ok");
+        let per = vec![
+            ("accept".to_string(), "default".to_string()),
+            ("tag".to_string(), "mark".to_string()),
+        ];
+        let events = vec![
+            AuditEvent::message_received(a, &ea, 10),
+            AuditEvent::policy_decision(a, "tag", "mark", &per, "ssn=2"),
+            AuditEvent::spooled(a, "k1", false),
+            AuditEvent::delivery_attempt(a, 0, "p1@x.test", Some(&hop), &ok),
+            AuditEvent::outcome(a, 0, "p1@x.test", &Status::Delivered { reply: "ok".into() })
+                .expect("delivered"),
+            AuditEvent::outcome(
+                a,
+                1,
+                "P2@y.test",
+                &Status::Deferred {
+                    next_attempt: 5,
+                    reason: "x".into(),
+                },
+            )
+            .expect("deferred"),
+            AuditEvent::message_received(b, &env("other", &["p3@x.test"]), 10),
+            AuditEvent::spooled(b, "k1", true),
+            AuditEvent::message_received(c, &env("ehr", &["p1@x.test"]), 10),
+            AuditEvent::policy_decision(c, "reject", "no-ssn", &[], "ssn=1"),
+            AuditEvent::admin(Kind::Delete, "root", b),
+        ];
+        audit.record(events).await.expect("record");
+        let run = |f: IncidentFilter| {
+            incident(spool.store().as_ref(), &spool.keyring(), &f, "ok".into()).expect("report")
+        };
+        let all = run(IncidentFilter::default());
+        let states: Vec<(&str, &str)> = all
+            .rows
+            .iter()
+            .map(|r| (r.recipient.as_str(), r.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("p1@x.test", "delivered"),
+                ("P2@y.test", "deferred"),
+                ("p3@x.test", "deleted"),
+                ("p1@x.test", "rejected"),
+            ]
+        );
+        let r0 = &all.rows[0];
+        assert_eq!(
+            (
+                r0.identity.as_str(),
+                r0.source_ip.as_str(),
+                r0.decision.as_str()
+            ),
+            ("password:ehr", "192.0.2.7", "accept")
+        );
+        assert_eq!(all.rows[1].decision, "tag");
+        assert_eq!(all.rows[1].rule, "mark");
+        assert!(r0.verified_tls && r0.peer_cert_sha256 == "ab" && r0.mx_host == "mx.x.test");
+        assert_eq!(all.summary.messages, 3);
+        assert_eq!(all.summary.recipients, 4);
+        assert_eq!(all.summary.individuals, 3, "p1 twice is one person");
+        assert_eq!(all.summary.recipient_domains, 2);
+        assert_eq!(all.summary.delivered_verified_tls, 1);
+        let ehr = run(IncidentFilter {
+            identity: Some("password:ehr".into()),
+            recipient_domain: Some("X.TEST".into()),
+            ..IncidentFilter::default()
+        });
+        assert_eq!(ehr.rows.len(), 2);
+        let rule = run(IncidentFilter {
+            rule: Some("no-ssn".into()),
+            ..IncidentFilter::default()
+        });
+        assert_eq!(rule.rows.len(), 1);
+        assert_eq!(rule.rows[0].message_id, c.to_string());
+        let det = run(IncidentFilter {
+            detector: Some("card".into()),
+            ..IncidentFilter::default()
+        });
+        assert!(det.rows.is_empty());
+        let md = all.to_markdown();
+        assert!(md.contains("Audit chain: ok") && md.contains("| p1@x.test |"));
+        assert_eq!(all.to_csv().lines().count(), 5);
+    }
+}
