@@ -12,6 +12,8 @@
 //! its audit records. So a counter can never lag a message that was accepted: a restart
 //! (even `kill -9`) never resets a quota, and it costs no write of its own. Counters are
 //! loaded lazily from the store the first time an identity is seen after a start.
+//! Counting happens just before the spool write; if that write fails the message stays
+//! counted in memory (conservative: a failure never frees quota).
 //!
 //! Only submissions through the pipeline are counted. DSNs and bounces phigate
 //! generates go from the queue straight into the spool and never pass here.
