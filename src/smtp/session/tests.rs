@@ -23,7 +23,23 @@ impl Handoff for Policy {
     }
 }
 
+/// Says every sender's credential was revoked (the pipeline's answer after a reload).
+struct Revoking;
+
+impl Handoff for Revoking {
+    fn check_recipient(&self, _: &RcptCheck<'_>) -> Option<Reply> {
+        None
+    }
+    fn submit(&self, _: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>> {
+        unreachable!("the state machine never submits by itself")
+    }
+    fn check_sender(&self, _: &crate::pipeline::SenderCheck<'_>) -> crate::pipeline::SenderVerdict {
+        crate::pipeline::SenderVerdict::Revoked(Reply::new(535, "5.7.8", "revoked"))
+    }
+}
+
 struct Setup {
+    handoff: Option<Arc<dyn Handoff>>,
     mode: TlsMode,
     tls: bool,
     auth: Vec<AuthMethod>,
@@ -38,6 +54,7 @@ struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         Setup {
+            handoff: None,
             mode: TlsMode::Starttls,
             tls: true,
             auth: vec![AuthMethod::Password],
@@ -67,7 +84,7 @@ impl Setup {
             }),
             allow_networks: self.allow_networks,
             client_cert_allow: self.client_cert_allow,
-            handoff: Arc::new(Policy),
+            handoff: self.handoff.unwrap_or_else(|| Arc::new(Policy)),
             shutdown: CancellationToken::new(),
             audit: test_audit(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
@@ -940,4 +957,22 @@ fn test_audit() -> Arc<crate::audit::Audit> {
         crate::spool::Spool::open(dir.path(), crate::spool::Keyring::generate()).expect("spool");
     crate::audit::Audit::open(Arc::new(spool), crate::audit::AuditSettings::default())
         .expect("audit trail")
+}
+
+#[test]
+fn a_revoked_credential_ends_the_sessions_authorisation() {
+    let mut s = Setup {
+        handoff: Some(Arc::new(Revoking)),
+        auth: vec![AuthMethod::Ip, AuthMethod::Password],
+        allow_networks: vec![Cidr("192.0.2.0/24".parse().expect("network"))],
+        ..Setup::default()
+    }
+    .start();
+    assert!(s.authorised().is_some());
+    say(&mut s, "EHLO c.test\r\n");
+    let out = say(&mut s, "MAIL FROM:<a@b.test>\r\n");
+    assert!(out.starts_with("535 5.7.8"), "{out}");
+    assert!(s.authorised().is_none());
+    let out = say(&mut s, "MAIL FROM:<a@b.test>\r\n");
+    assert!(out.starts_with("530"), "{out}");
 }
