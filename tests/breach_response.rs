@@ -716,3 +716,93 @@ fn removing_a_client_certificate_revokes_its_open_session_and_lockouts_alert() {
     assert_eq!(alert["ip"], "127.0.0.1");
     assert_eq!(alert["identity"], Value::Null);
 }
+
+#[test]
+fn held_mail_is_quarantined_in_bulk_then_released_or_deleted() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let gw = Gateway::start(GwOpts {
+        listeners: vec![listener("smtps", "implicit", &["password"])],
+        users: vec!["ehr", "doc"],
+        control_socket: true,
+        server_extra: "\n[queue]\nretry = [\"1s\"]\n".into(),
+        ..GwOpts::default()
+    });
+    let start = now_secs();
+    gw.cli_ok(&["freeze", "on", "--identity", "password:ehr"]);
+    let before = gw.log().len();
+    let m1 = accepted(&gw, "ehr", &["p1@x.test"]);
+    let m2 = accepted(&gw, "ehr", &["p2@y.test"]);
+    let m3 = accepted(&gw, "doc", &["p3@x.test"]);
+    gw.message(&m3);
+    wait_for("both held", Duration::from_secs(20), || {
+        held_logged(&gw, &m1, before) && held_logged(&gw, &m2, before)
+    });
+
+    let out = gw.cli_ok(&["quarantine", "add", "--identity", "password:ehr"]);
+    assert!(
+        out.contains(&m1) && out.contains(&m2) && !out.contains(&m3),
+        "{out}"
+    );
+    let later = (now_secs() + 3600).to_string();
+    let out = gw.cli_ok(&["quarantine", "list", "--identity", "password:ehr"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let out = gw.cli_ok(&[
+        "quarantine",
+        "list",
+        "--identity",
+        "password:ehr",
+        "--since",
+        &later,
+    ]);
+    assert_eq!(out.lines().count(), 0, "time selection: {out}");
+    gw.cli_ok(&["quarantine", "release", &m1]);
+    let out = gw.cli_ok(&[
+        "quarantine",
+        "delete",
+        "--identity",
+        "password:ehr",
+        "--since",
+        &start.saturating_sub(1).to_string(),
+    ]);
+    assert!(out.contains(&m2) && !out.contains(&m1), "{out}");
+    // m1 is out of quarantine; its identity's freeze still holds it until lifted.
+    gw.cli_ok(&["freeze", "off"]);
+    gw.message(&m1);
+    gw.wait_drained(Duration::from_secs(30));
+    assert_eq!(gw.messages_now_len(), 2, "m2 was deleted, never delivered");
+
+    let out = gw.cli_ok(&[
+        "audit",
+        "incident",
+        "--since",
+        &start.saturating_sub(1).to_string(),
+        "--until",
+        &(now_secs() + 1).to_string(),
+        "--format",
+        "json",
+    ]);
+    let report: Value = serde_json::from_str(&out).expect("json");
+    let state = |id: &str| {
+        report["rows"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["message_id"] == id))
+            .map(|r| {
+                (
+                    r["state"].clone(),
+                    r["tls_method"].clone(),
+                    r["verified_tls"].clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("{id} missing: {report}"))
+    };
+    assert_eq!(
+        state(&m1),
+        (json!("delivered"), json!("sandbox"), json!(false))
+    );
+    assert_eq!(state(&m2).0, json!("deleted"));
+    assert_eq!(state(&m3).0, json!("delivered"));
+    assert_eq!(report["summary"]["delivered_verified_tls"], 0);
+    assert_eq!(report["summary"]["recipient_domains"], 2);
+}
