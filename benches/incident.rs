@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use phigate::audit::incident::{incident, IncidentFilter};
+use phigate::audit::incident::{incident, verified_incident, IncidentFilter};
 use phigate::audit::{verify, Audit, AuditEvent, AuditSettings, Kind};
 use phigate::spool::{Keyring, MasterKey, Spool};
 use phigate::types::MessageId;
@@ -78,20 +78,33 @@ fn main() {
         }
     });
     println!("append {} records: {:?}", messages * 5, t.elapsed());
+    let ring = spool.keyring();
+    let store = spool.store().as_ref();
     let t = Instant::now();
-    let r = verify(spool.store().as_ref(), &spool.keyring(), None).expect("verify");
+    let r = verify(store, &ring, None).expect("verify");
     let verified = t.elapsed();
-    let report = incident(
-        spool.store().as_ref(),
-        &spool.keyring(),
+    let t = Instant::now();
+    let alone = incident(
+        store,
+        &ring,
         &IncidentFilter::default(),
-        r.to_string(),
+        None,
+        String::new(),
     )
-    .expect("incident");
+    .expect("report");
+    let report_only = t.elapsed();
+    assert_eq!(alone.rows.len(), messages);
+    // What `phigate audit incident` runs: verification and report side by side.
+    let t = Instant::now();
+    let report = verified_incident(store, &ring, &IncidentFilter::default(), None, || {
+        verify(store, &ring, None)
+    })
+    .expect("verified incident");
     let total = t.elapsed();
     assert_eq!(report.rows.len(), messages);
     println!(
-        "incident over {} records: verify {verified:?}, verify + report {total:?} ({} rows, {} individuals)",
+        "incident over {} records: verify {verified:?}, report {report_only:?}, \
+         phigate audit incident (both, in parallel) {total:?} ({} rows, {} individuals)",
         r.records,
         report.rows.len(),
         report.summary.individuals

@@ -127,80 +127,117 @@ fn has_detector(summary: &str, name: &str) -> bool {
         .any(|(n, _)| n.eq_ignore_ascii_case(name))
 }
 
-/// Build the report. `chain` is the verification statement to carry.
+/// Verify the chain and build the report at once: `verify` runs on its own thread while
+/// this one reads the trail (both only read the store; on two cores the report costs
+/// little more than the verification). The report is returned only if the chain checks
+/// out; its statement says so. `upto` is the last record to read: a head taken before
+/// the verification started, so nothing appended meanwhile is reported unverified.
+pub fn verified_incident<V>(
+    store: &dyn Store,
+    ring: &Keyring,
+    filter: &IncidentFilter,
+    upto: Option<u64>,
+    verify: V,
+) -> Result<Incident, String>
+where
+    V: FnOnce() -> Result<super::Report, super::Broken> + Send,
+{
+    std::thread::scope(|s| {
+        let chain = s.spawn(verify);
+        let report = incident(store, ring, filter, upto, String::new());
+        let chain = chain
+            .join()
+            .map_err(|_| "audit chain verification panicked".to_string())?
+            .map_err(|b| format!("audit chain verification FAILED, no report: {b}"))?;
+        let mut report = report.map_err(|e| e.to_string())?;
+        report.chain = format!("verified before reporting: {chain}");
+        Ok(report)
+    })
+}
+
+/// Build the report from the trail (the caller verifies; see [`verified_incident`]).
+/// `upto`: the last record seq to read (None: all). `chain` is the verification
+/// statement to carry.
 pub fn incident(
     store: &dyn Store,
     ring: &Keyring,
     filter: &IncidentFilter,
+    upto: Option<u64>,
     chain: String,
 ) -> Result<Incident, AuditError> {
     let mut keys = KeyCache::new(ring);
     let mut msgs: HashMap<String, Msg> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut failure: Option<AuditError> = None;
-    store.scan(Tree::Audit, &[], None, &mut |k, v| {
-        let seq = seq_of(k).unwrap_or(0);
-        let res = (|| -> Result<(), AuditError> {
-            let (b, body, mac) = record::parse(v).map_err(|_| AuditError::Corrupt(seq))?;
-            let Some(id) = b.msg.clone() else {
-                return Ok(());
-            };
-            if b.kind == "message_received" {
-                if filter.since_ms.is_some_and(|t| b.ts < t)
-                    || filter.until_ms.is_some_and(|t| b.ts >= t)
-                {
+    let end = upto.map(|s| super::seq_key(s.saturating_add(1)));
+    store.scan(
+        Tree::Audit,
+        &[],
+        end.as_ref().map(|e| &e[..]),
+        &mut |k, v| {
+            let seq = seq_of(k).unwrap_or(0);
+            let res = (|| -> Result<(), AuditError> {
+                let (b, body, mac) = record::parse(v).map_err(|_| AuditError::Corrupt(seq))?;
+                let Some(id) = b.msg.clone() else {
                     return Ok(());
-                }
-                let key = keys.get(&b.key).ok_or_else(|| AuditError::MissingKey {
-                    seq,
-                    key: b.key.clone(),
-                })?;
-                record::check_mac(key, &b, body, mac).map_err(|_| AuditError::Corrupt(seq))?;
-                let private = record::open_private(key, &b).map_err(|e| match e {
-                    DecodeError::MissingKey(key) => AuditError::MissingKey { seq, key },
-                    _ => AuditError::Corrupt(seq),
-                })?;
-                let identity = s(private.get("auth_identity"));
-                if let Some(want) = &filter.identity {
-                    if !crate::policy::glob::glob(want, &identity) {
+                };
+                if b.kind == "message_received" {
+                    if filter.since_ms.is_some_and(|t| b.ts < t)
+                        || filter.until_ms.is_some_and(|t| b.ts >= t)
+                    {
                         return Ok(());
                     }
+                    let key = keys.get(&b.key).ok_or_else(|| AuditError::MissingKey {
+                        seq,
+                        key: b.key.clone(),
+                    })?;
+                    record::check_mac(key, &b, body, mac).map_err(|_| AuditError::Corrupt(seq))?;
+                    let private = record::open_private(key, &b).map_err(|e| match e {
+                        DecodeError::MissingKey(key) => AuditError::MissingKey { seq, key },
+                        _ => AuditError::Corrupt(seq),
+                    })?;
+                    let identity = s(private.get("auth_identity"));
+                    if let Some(want) = &filter.identity {
+                        if !crate::policy::glob::glob(want, &identity) {
+                            return Ok(());
+                        }
+                    }
+                    let rcpts = match private.get("recipients") {
+                        Some(Value::Array(a)) => a
+                            .iter()
+                            .map(|r| Rcpt {
+                                address: s(Some(r)),
+                                ..Rcpt::default()
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let m = Msg {
+                        time: super::export::rfc3339(b.ts),
+                        identity,
+                        source_ip: s(b.data.get("peer_ip")),
+                        rcpts,
+                        ..Msg::default()
+                    };
+                    order.push(id.clone());
+                    msgs.insert(id, m);
+                    return Ok(());
                 }
-                let rcpts = match private.get("recipients") {
-                    Some(Value::Array(a)) => a
-                        .iter()
-                        .map(|r| Rcpt {
-                            address: s(Some(r)),
-                            ..Rcpt::default()
-                        })
-                        .collect(),
-                    _ => Vec::new(),
+                let Some(m) = msgs.get_mut(&id) else {
+                    return Ok(());
                 };
-                let m = Msg {
-                    time: super::export::rfc3339(b.ts),
-                    identity,
-                    source_ip: s(b.data.get("peer_ip")),
-                    rcpts,
-                    ..Msg::default()
-                };
-                order.push(id.clone());
-                msgs.insert(id, m);
-                return Ok(());
+                apply(m, &b.kind, &b.data);
+                Ok(())
+            })();
+            match res {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
             }
-            let Some(m) = msgs.get_mut(&id) else {
-                return Ok(());
-            };
-            apply(m, &b.kind, &b.data);
-            Ok(())
-        })();
-        match res {
-            Ok(()) => true,
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -506,7 +543,14 @@ mod tests {
         ];
         audit.record(events).await.expect("record");
         let run = |f: IncidentFilter| {
-            incident(spool.store().as_ref(), &spool.keyring(), &f, "ok".into()).expect("report")
+            incident(
+                spool.store().as_ref(),
+                &spool.keyring(),
+                &f,
+                None,
+                "ok".into(),
+            )
+            .expect("report")
         };
         let all = run(IncidentFilter::default());
         let states: Vec<(&str, &str)> = all

@@ -253,15 +253,12 @@ pub fn run_incident(config: &Path, args: &IncidentArgs) -> Result<(), CliError> 
 fn offline(config: &Path, filter: &IncidentFilter) -> Result<Incident, CliError> {
     use crate::audit::{self, Audit, AuditSettings};
     let (cfg, spool) = super::audit::open_spool(config)?;
-    let chain = audit::verify(spool.store().as_ref(), &spool.keyring(), None)
-        .map_err(|b| CliError::Usage(format!("audit chain verification FAILED, no report: {b}")))?;
-    let report = audit::incident::incident(
-        spool.store().as_ref(),
-        &spool.keyring(),
-        filter,
-        format!("verified before reporting: {chain}"),
-    )
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let ring = spool.keyring();
+    let store = spool.store().clone();
+    let report = audit::incident::verified_incident(store.as_ref(), &ring, filter, None, || {
+        audit::verify(store.as_ref(), &ring, None)
+    })
+    .map_err(CliError::Usage)?;
     let settings = AuditSettings {
         hostname: cfg.server.hostname.clone(),
         ..AuditSettings::default()
