@@ -212,6 +212,9 @@ impl Freeze {
                 None => true,
             },
             AuthIdentity::Ip(_) => !c.networks.iter().any(|n| n.contains(peer)),
+            // The API looks its key up in the key store on every request (and again
+            // just before the hand-off), so revocation needs no session re-check here.
+            AuthIdentity::ApiKey(_) => false,
         }
     }
 

@@ -17,6 +17,7 @@
 //! - L5 `cli`
 
 pub mod alerts;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cli;

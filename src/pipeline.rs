@@ -23,6 +23,65 @@ pub struct Submission {
     pub id: MessageId,
     pub envelope: Envelope,
     pub content: Vec<u8>,
+    /// Set by the HTTPS API: what its submissions add to the audit trail and commit.
+    pub api: Option<ApiFacts>,
+}
+
+/// What an API submission adds: the key name and the caller's `metadata` (both
+/// private fields of `message_received`), and writes committed with the message.
+#[derive(Debug, Default)]
+pub struct ApiFacts {
+    pub key: String,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub ops: Vec<crate::spool::Op>,
+}
+
+/// What became of a submission, for front ends that say more than an SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Durable and queued (the enforced action may still be tag, encrypt, ...).
+    Queued { rule: String },
+    /// Durable and held for review.
+    Quarantined { rule: String },
+    /// Refused by policy; nothing was spooled.
+    Rejected { rule: String, reply: Reply },
+    /// Refused at the end of data by a limit, a freeze or a revoked credential.
+    Refused(Refusal),
+}
+
+/// Why a sender was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Limit(crate::limits::Exceeded),
+    Frozen,
+    Revoked,
+}
+
+impl Refusal {
+    /// The SMTP reply for this refusal.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Refusal::Limit(e) => e.reply(),
+            Refusal::Frozen => frozen_reply(),
+            Refusal::Revoked => revoked_reply(),
+        }
+    }
+}
+
+impl Disposition {
+    /// The SMTP reply for this outcome (`id` names the queued message).
+    pub fn reply(&self, id: MessageId) -> Reply {
+        match self {
+            Disposition::Queued { .. } => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            Disposition::Quarantined { rule } => Reply::new(
+                250,
+                "2.0.0",
+                format!("Ok: queued as {id}; held for review by policy {rule}"),
+            ),
+            Disposition::Rejected { reply, .. } => reply.clone(),
+            Disposition::Refused(r) => r.reply(),
+        }
+    }
 }
 
 /// Facts about a recipient offered at RCPT time, for recipient-only policy.
@@ -342,30 +401,44 @@ impl Handoff for Pipeline {
 
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<Reply, PipelineError>> {
         Box::pin(async move {
-            let started = std::time::Instant::now();
-            let res = self.submit_inner(sub).await;
-            let (outcome, reason) = match &res {
-                Ok((r, _)) if r.code >= 400 => ("rejected", reply_reason(r)),
-                Ok((_, action)) => (
-                    if *action == Action::Quarantine {
-                        "quarantined"
-                    } else {
-                        "accepted"
-                    },
-                    action.as_str().to_string(),
-                ),
-                Err(e) => ("failed", reply_reason(&e.reply())),
-            };
-            (self.services.metrics).message(outcome, &reason, started.elapsed().as_secs_f64());
-            res.map(|(r, _)| r)
+            let id = sub.id;
+            self.submit_disposition(sub).await.map(|d| d.reply(id))
         })
     }
 }
 
 impl Pipeline {
-    /// The submission proper; also returns the enforced action for metrics.
-    async fn submit_inner(&self, sub: Submission) -> Result<(Reply, Action), PipelineError> {
+    /// What every front end runs at the end of data (SMTP maps the result to a reply,
+    /// the HTTPS API to a status code): the submission, counted in the metrics.
+    pub async fn submit_disposition(&self, sub: Submission) -> Result<Disposition, PipelineError> {
+        let started = std::time::Instant::now();
         let id = sub.id;
+        let res = self.submit_inner(sub).await;
+        let (outcome, reason) = match &res {
+            Ok((d @ (Disposition::Rejected { .. } | Disposition::Refused(_)), _)) => {
+                ("rejected", reply_reason(&d.reply(id)))
+            }
+            Ok((_, action)) => (
+                if *action == Action::Quarantine {
+                    "quarantined"
+                } else {
+                    "accepted"
+                },
+                action.as_str().to_string(),
+            ),
+            Err(e) => ("failed", reply_reason(&e.reply())),
+        };
+        (self.services.metrics).message(outcome, &reason, started.elapsed().as_secs_f64());
+        res.map(|(d, _)| d)
+    }
+
+    /// The submission proper; also returns the enforced action for metrics.
+    async fn submit_inner(
+        &self,
+        mut sub: Submission,
+    ) -> Result<(Disposition, Action), PipelineError> {
+        let id = sub.id;
+        let api = sub.api.take().unwrap_or_default();
         self.check_room(sub.content.len())?;
         let mut v = self.decide(sub).await?;
         // Handed to the spool by value (encrypted in its own buffer).
@@ -374,24 +447,36 @@ impl Pipeline {
         // Detector names and counts only: never values, subjects or addresses.
         info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");
         let spool = &self.services.spool;
+        let mut received = AuditEvent::message_received(id, &v.envelope, v.received_size);
+        if !api.key.is_empty() {
+            received = received.person("api_key", api.key.as_str()).person(
+                "metadata",
+                serde_json::to_value(&api.metadata).unwrap_or_default(),
+            );
+        }
         let mut events = vec![
-            AuditEvent::message_received(id, &v.envelope, v.received_size),
+            received,
             AuditEvent::policy_decision(id, v.action.as_str(), &v.rule, &v.per_rcpt, &v.findings)
                 .field("sources", v.sources.as_str()),
         ];
         if v.action == Action::Reject {
             // Nothing is spooled: record what arrived and the refusal on their own.
             self.services.audit.record(events).await?;
-            return Ok((v.reply, Action::Reject));
+            let rejected = Disposition::Rejected {
+                rule: v.rule,
+                reply: v.reply,
+            };
+            return Ok((rejected, Action::Reject));
         }
-        let counters = match self.admit(&v) {
+        let mut counters = match self.admit(&v) {
             Ok(ops) => ops,
-            Err(reply) => {
+            Err(refusal) => {
                 // Refused as a whole: record what arrived, nothing is spooled or counted.
                 self.services.audit.record(events).await?;
-                return Ok((reply, Action::Reject));
+                return Ok((Disposition::Refused(refusal), Action::Reject));
             }
         };
+        counters.extend(api.ops);
         let key_id = spool.keyring().current().id().to_string();
         let quarantined = v.action == Action::Quarantine;
         events.push(AuditEvent::spooled(id, &key_id, quarantined));
@@ -401,23 +486,26 @@ impl Pipeline {
                 .enqueue_quarantined_with(id, &v.envelope, content, &v.rule, &attach)
                 .await?;
             self.notify_quarantined(id, &v.envelope);
-            let text = format!("Ok: queued as {id}; held for review by policy {}", v.rule);
-            return Ok((Reply::new(250, "2.0.0", text), Action::Quarantine));
+            let held = Disposition::Quarantined { rule: v.rule };
+            return Ok((held, Action::Quarantine));
         }
         let initial = RecipientState::queued(self.services.now());
         spool
             .enqueue_owned_with(id, &v.envelope, content, initial, &attach)
             .await?;
         self.queue.wake();
-        Ok((
-            Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
-            v.action,
-        ))
+        Ok((Disposition::Queued { rule: v.rule }, v.action))
     }
 
     /// A sending limit refused mail: metric and audit record (identity encrypted, no
     /// addresses), then the 451 4.7.1 reply.
     fn limit_refused(&self, identity: &str, stage: &str, e: &crate::limits::Exceeded) -> Reply {
+        self.record_limit_refusal(identity, stage, e);
+        e.reply()
+    }
+
+    /// Metric, log line and audit record of a limit refusal (any front end).
+    pub fn record_limit_refusal(&self, identity: &str, stage: &str, e: &crate::limits::Exceeded) {
         let limit = e.limit.as_str();
         (self.services.metrics).inc(
             crate::metrics::LIMIT_REFUSALS,
@@ -436,13 +524,12 @@ impl Pipeline {
             .field("stage", stage)
             .person("identity", identity);
         self.services.audit.record_now(ev);
-        e.reply()
     }
 
     /// End of data: the sender checks again (a credential revoked or a freeze set while
     /// the client was sending), then the limits for the whole message, counted at once.
     /// Returns the counter write to commit with the message, or the refusal.
-    fn admit(&self, v: &Verdict) -> Result<Vec<crate::spool::Op>, Reply> {
+    fn admit(&self, v: &Verdict) -> Result<Vec<crate::spool::Op>, Refusal> {
         let env = &v.envelope;
         let Some(auth) = env.auth.as_ref() else {
             return Ok(Vec::new());
@@ -464,10 +551,10 @@ impl Pipeline {
             _ => None,
         };
         if self.services.freeze.revoked(auth, peer, cert) {
-            return Err(revoked_reply());
+            return Err(Refusal::Revoked);
         }
         if self.services.freeze.refuses(&identity) {
-            return Err(frozen_reply());
+            return Err(Refusal::Frozen);
         }
         let mut domains: Vec<String> = env.recipients.iter().map(|r| r.domain()).collect();
         domains.sort();
@@ -483,7 +570,10 @@ impl Pipeline {
         let new_source = limits.is_new_source(&identity, &env.peer_ip, now);
         let op = limits
             .admit(&identity, &usage, Some(&env.peer_ip), now)
-            .map_err(|e| self.limit_refused(&identity, "data", &e))?;
+            .map_err(|e| {
+                self.record_limit_refusal(&identity, "data", &e);
+                Refusal::Limit(e)
+            })?;
         let alerts = &self.services.alerts;
         if new_source {
             alerts.new_source(&identity, &env.peer_ip);

@@ -133,7 +133,15 @@ pub enum AuthIdentity {
     ClientCert(String),
     /// Source address in `auth.allow_networks`.
     Ip(String),
+    /// An HTTPS API key, by its name (`phigate api-key create NAME`).
+    ApiKey(String),
 }
+
+/// The listener name API submissions carry (policy rules can match it).
+pub const API_LISTENER: &str = "api";
+/// The listener name of sandbox-key submissions: the queue delivers these to
+/// `data_dir/sandbox/` whatever the delivery mode.
+pub const API_SANDBOX_LISTENER: &str = "api-sandbox";
 
 impl fmt::Display for AuthIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -141,6 +149,7 @@ impl fmt::Display for AuthIdentity {
             AuthIdentity::Password(u) => write!(f, "password:{u}"),
             AuthIdentity::ClientCert(c) => write!(f, "client-cert:{c}"),
             AuthIdentity::Ip(ip) => write!(f, "ip:{ip}"),
+            AuthIdentity::ApiKey(k) => write!(f, "api:{k}"),
         }
     }
 }

@@ -80,6 +80,9 @@ pub struct Config {
     /// Anomaly alerts (`[alerts]`).
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The HTTPS submission API (`[api]`); off when absent.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
@@ -461,10 +464,12 @@ impl Default for AuditConfig {
     }
 }
 
+mod api;
 mod breach;
 mod defaults;
 mod values;
 
+pub use api::{ApiConfig, MAX_BATCH_LIMIT};
 pub use breach::{AlertsConfig, IdentityLimits, LimitValues, LimitsConfig};
 pub use values::{ByteSize, Cidr, Seconds};
 
@@ -561,6 +566,23 @@ impl Config {
                 );
             }
         }
+        if let Some(api) = &self.api {
+            if api.max_batch == 0 || api.max_batch > MAX_BATCH_LIMIT {
+                return Err(self.invalid("api.max_batch", "must be between 1 and 500"));
+            }
+            if api.max_recipients == 0 {
+                return Err(self.invalid("api.max_recipients", "must be at least 1"));
+            }
+            if api.max_body.0 < 1024 {
+                return Err(self.invalid("api.max_body", "must be at least 1K"));
+            }
+            if api.cert.is_some() != api.key.is_some() {
+                return Err(self.invalid("api.cert", "api.cert and api.key go together"));
+            }
+            if self.listeners.iter().any(|l| l.addr == api.listen) {
+                return Err(self.invalid("api.listen", "is also a [[listener]] address"));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listener[{i}].{k}");
@@ -624,6 +646,20 @@ impl Config {
                 ),
             ));
         }
+        if let Some(api) = &self.api {
+            if let (Some(c), Some(k)) = (&api.cert, &api.key) {
+                self.check_pem("api.cert", c, "CERTIFICATE")?;
+                self.check_pem("api.key", k, "PRIVATE KEY")?;
+            }
+            if let Some(d) = &api.templates_dir {
+                if !d.is_dir() {
+                    return Err(self.invalid(
+                        "api.templates_dir",
+                        format!("{}: not a directory", d.display()),
+                    ));
+                }
+            }
+        }
         if let Some(p) = &self.policy.file {
             if !p.exists() {
                 return Err(self.invalid("policy.file", format!("{}: no such file", p.display())));
@@ -649,7 +685,10 @@ impl Config {
 
     /// One-line summary for `check-config`.
     pub fn summary(&self) -> String {
-        let listeners: Vec<String> = self.listeners.iter().map(|l| l.describe()).collect();
+        let mut listeners: Vec<String> = self.listeners.iter().map(|l| l.describe()).collect();
+        if let Some(api) = &self.api {
+            listeners.push(format!("api {} https", api.listen));
+        }
         format!(
             "{}: ok: hostname {}, {} listener(s) [{}], delivery {:?}, data_dir {}",
             self.source,

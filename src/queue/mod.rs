@@ -438,6 +438,12 @@ impl Queue {
                 .map(|h| h.mx_host.clone())
                 .filter(|h| !h.is_empty()),
             outcome: text.clone(),
+            tls_version: (o.hop.as_ref())
+                .map(|h| h.tls_version.clone())
+                .filter(|v| !v.is_empty()),
+            method: (o.hop.as_ref())
+                .map(|h| h.method.clone())
+                .filter(|v| !v.is_empty()),
         });
         let notify = rcpt.notify.unwrap_or_else(Notify::default_when_absent);
         let report = |action: &'static str, status: String| dsn::DsnRecipient {

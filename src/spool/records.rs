@@ -17,6 +17,12 @@ pub struct Attempt {
     pub host: Option<String>,
     /// The reply or local error text.
     pub outcome: String,
+    /// TLS version of the hop (`TLSv1.3`), when a session was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    /// How the peer was authenticated (`dane-ee`, `mta-sts`, `pkix`, ..., `sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// Delivery state of one recipient (sealed at rest).

@@ -235,6 +235,7 @@ impl Session {
             id,
             envelope,
             content: full,
+            api: None,
         })));
     }
 
