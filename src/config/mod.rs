@@ -68,6 +68,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Durable event store (`[events]`).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Prometheus metrics and health endpoint; off when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -429,6 +432,23 @@ impl Default for RetentionConfig {
         RetentionConfig {
             content_after_delivery: Seconds(0),
             metadata: defaults::metadata(),
+        }
+    }
+}
+
+/// `[events]`: the durable event store behind GET /v1/events and webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events older than this are purged (0 = keep for ever). Default 30 days.
+    #[serde(default = "defaults::events_retention")]
+    pub retention: Seconds,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention: defaults::events_retention(),
         }
     }
 }
