@@ -132,6 +132,9 @@ pub struct Events {
     /// Origins by message id (owner + metadata), from MessageReceived. Kept in memory and
     /// in `Meta` under `evorigin:<id>` (sealed) so a restart still knows them.
     origins: Mutex<HashMap<String, Origin>>,
+    /// TLS facts of the latest attempt per (message, recipient index): the delivered
+    /// event that follows it (usually in the same commit) carries them.
+    attempts: Mutex<HashMap<(String, u64), Map<String, Value>>>,
     tx: watch::Sender<u64>,
 }
 
@@ -164,6 +167,7 @@ impl Events {
             store,
             keyring: Box::new(keyring),
             origins: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
             tx,
         })
     }
@@ -393,10 +397,30 @@ impl Derive for Events {
             }
             return;
         }
+        let msg = ev.msg.map(|m| m.to_string());
+        let rcpt = ev.data.get("rcpt_index").and_then(Value::as_u64);
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Kind::DeliveryAttempt, Some(m), Some(r)) = (ev.kind, &msg, rcpt) {
+            if attempts.len() > 10_000 {
+                attempts.clear();
+            }
+            attempts.insert((m.clone(), r), map::clear_data(ev));
+            return;
+        }
         let Some(kind) = map::event_type(ev) else {
             return;
         };
-        let msg = ev.msg.map(|m| m.to_string());
+        let mut data = map::clear_data(ev);
+        if let (Some(m), Some(r)) = (&msg, rcpt) {
+            if let Some(tls) = attempts.remove(&(m.clone(), r)) {
+                if ev.kind == Kind::Delivered {
+                    for (k, v) in tls {
+                        data.entry(k).or_insert(v);
+                    }
+                }
+            }
+        }
+        drop(attempts);
         let origin = msg
             .as_deref()
             .map(|m| self.origin(m, master))
@@ -413,9 +437,9 @@ impl Derive for Events {
             ts: ts_ms,
             kind: kind.to_string(),
             msg,
-            rcpt: ev.data.get("rcpt_index").and_then(Value::as_u64),
+            rcpt,
             owner: origin.owner,
-            data: map::clear_data(ev),
+            data,
             sealed,
         };
         ops.push(Op::Put(

@@ -119,8 +119,19 @@ async fn restart_keeps_owner_and_retention_purges() {
     let st = Status::Delivered { reply: "ok".into() };
     let _ = spool;
     let out = AuditEvent::outcome(id, 0, "pat@example.org", &st).expect("outcome");
-    audit.record(vec![out]).await.expect("record");
+    let attempt = AuditEvent::new(Kind::DeliveryAttempt)
+        .message(id)
+        .field("rcpt_index", 0u64)
+        .field("mx_host", "mx.example.org")
+        .field("tls_version", "TLSv1.3")
+        .field("method", "dane")
+        .field("peer_cert_sha256", "ab12")
+        .person("reply", "250 ok pat@example.org");
+    audit.record(vec![attempt, out]).await.expect("record");
     let evs = events.for_message(&id).expect("for");
+    assert_eq!(evs[1].data["method"], "dane");
+    assert_eq!(evs[1].data["tls_version"], "TLSv1.3");
+    assert_eq!(evs[1].data["mx_host"], "mx.example.org");
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[1].kind, "message.delivered");
     assert_eq!(evs[1].owner.as_deref(), Some("password:ehr"));
