@@ -146,7 +146,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     };
     audit.set_derive(events.clone());
     let metrics = Arc::new(Metrics::new());
-    let webhooks = Webhooks::start(&cfg.webhooks, metrics.clone())?;
+    let webhooks = Webhooks::start(
+        &cfg.webhooks,
+        metrics.clone(),
+        events.clone(),
+        spool.store().clone(),
+    )?;
     if !cfg.webhooks.is_empty() {
         info!(hooks = cfg.webhooks.len(), "delivery webhooks enabled");
     }

@@ -100,20 +100,29 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookEvent {
+    Queued,
+    Deferred,
     Delivered,
     Bounced,
     Expired,
     Quarantined,
     Released,
+    Deleted,
+    #[serde(rename = "security_alert", alias = "security.alert")]
+    SecurityAlert,
 }
 
 impl WebhookEvent {
-    pub const ALL: [WebhookEvent; 5] = [
+    pub const ALL: [WebhookEvent; 9] = [
+        WebhookEvent::Queued,
+        WebhookEvent::Deferred,
         WebhookEvent::Delivered,
         WebhookEvent::Bounced,
         WebhookEvent::Expired,
         WebhookEvent::Quarantined,
         WebhookEvent::Released,
+        WebhookEvent::Deleted,
+        WebhookEvent::SecurityAlert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +132,10 @@ impl WebhookEvent {
             WebhookEvent::Expired => "expired",
             WebhookEvent::Quarantined => "quarantined",
             WebhookEvent::Released => "released",
+            WebhookEvent::Queued => "queued",
+            WebhookEvent::Deferred => "deferred",
+            WebhookEvent::Deleted => "deleted",
+            WebhookEvent::SecurityAlert => "security_alert",
         }
     }
 }
