@@ -100,3 +100,57 @@ fn events_survive_kill_9_and_reach_a_receiver_that_was_down() {
     }
     assert!(by_id.len() >= want.len());
 }
+
+/// An anomaly alert (`Alerts::raise` writes a security_alert audit record) becomes a
+/// `security.alert` event and reaches the webhook, carrying counts and rule, no address
+/// and not the user name tried.
+#[test]
+fn security_alert_reaches_the_webhook() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let (port, got) = http_receiver(|_| "200 OK");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret_file = secrets.path().join("hook.secret");
+    std::fs::write(&secret_file, "alert-secret\n").expect("secret");
+    let gw = Gateway::start(GwOpts {
+        listeners: vec![listener("smtps", "implicit", &["password"])],
+        users: vec!["ehr"],
+        delivery: Some(format!(
+            "mode = \"sandbox\"\n\n[alerts]\nauth_failures = 2\n\n[[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\nevents = [\"security_alert\"]\n",
+            secret_file.display()
+        )),
+        ..GwOpts::default()
+    });
+    py(gw.peer(
+        "smtps",
+        vec![
+            send("EHLO x\r\n"),
+            send(&auth_plain("zq7alertuser", "wrong-1")),
+            send(&auth_plain("zq7alertuser", "wrong-2")),
+            send("QUIT\r\n"),
+        ],
+    ));
+    let alert = || {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<serde_json::Value>(&p.body).ok())
+            .find(|v| v["type"] == "security.alert")
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || alert().is_some()),
+        "no security.alert webhook\n{}",
+        gw.log()
+    );
+    let v = alert().expect("alert");
+    assert_eq!(v["data"]["alert"], "auth_failures", "{v}");
+    assert!(v["data"]["counts"].is_object(), "{v}");
+    for p in got.lock().expect("lock").iter() {
+        let body = String::from_utf8_lossy(&p.body);
+        assert!(
+            !body.contains('@') && !body.contains("zq7alertuser"),
+            "{body}"
+        );
+    }
+}
