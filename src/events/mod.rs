@@ -400,6 +400,15 @@ impl Derive for Events {
         let msg = ev.msg.map(|m| m.to_string());
         let rcpt = ev.data.get("rcpt_index").and_then(Value::as_u64);
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Kind::PolicyDecision, Some(m)) = (ev.kind, &msg) {
+            if let Some(rule) = ev.data.get("rule").filter(|r| !r.is_null()) {
+                attempts.insert(
+                    (m.clone(), u64::MAX),
+                    Map::from_iter([("rule".to_string(), rule.clone())]),
+                );
+            }
+            return;
+        }
         if let (Kind::DeliveryAttempt, Some(m), Some(r)) = (ev.kind, &msg, rcpt) {
             if attempts.len() > 10_000 {
                 attempts.clear();
@@ -413,10 +422,18 @@ impl Derive for Events {
         let mut data = map::clear_data(ev);
         if let (Some(m), Some(r)) = (&msg, rcpt) {
             if let Some(tls) = attempts.remove(&(m.clone(), r)) {
-                if ev.kind == Kind::Delivered {
+                if matches!(ev.kind, Kind::Delivered | Kind::Deferred | Kind::Bounced) {
                     for (k, v) in tls {
                         data.entry(k).or_insert(v);
                     }
+                }
+            }
+        }
+        if let Some(m) = &msg {
+            // The policy rule that quarantined the message at acceptance.
+            if let Some(rule) = attempts.remove(&(m.clone(), u64::MAX)) {
+                if kind == "message.quarantined" {
+                    data.extend(rule);
                 }
             }
         }
