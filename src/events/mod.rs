@@ -290,23 +290,32 @@ impl Events {
         }
     }
 
+    fn open_sealed(&self, cursor: u64, s: &Stored) -> Result<Map<String, Value>, EventsError> {
+        let Some(b) = &s.sealed else {
+            return Ok(Map::new());
+        };
+        let ring = (self.keyring)();
+        let master = ring.get(&s.key).ok_or_else(|| EventsError::MissingKey {
+            cursor,
+            key: s.key.clone(),
+        })?;
+        let raw = B64.decode(b).map_err(|_| EventsError::Corrupt(cursor))?;
+        let plain = EventKey::derive(master)
+            .open(cursor, &raw)
+            .ok_or(EventsError::Corrupt(cursor))?;
+        serde_json::from_slice(&plain).map_err(|_| EventsError::Corrupt(cursor))
+    }
+
     fn open(&self, cursor: u64, s: Stored) -> Result<Event, EventsError> {
         if s.v == 0 {
             return Err(EventsError::Corrupt(cursor));
         }
-        let mut private = Map::new();
-        if let Some(b) = &s.sealed {
-            let ring = (self.keyring)();
-            let master = ring.get(&s.key).ok_or_else(|| EventsError::MissingKey {
-                cursor,
-                key: s.key.clone(),
-            })?;
-            let raw = B64.decode(b).map_err(|_| EventsError::Corrupt(cursor))?;
-            let plain = EventKey::derive(master)
-                .open(cursor, &raw)
-                .ok_or(EventsError::Corrupt(cursor))?;
-            private = serde_json::from_slice(&plain).map_err(|_| EventsError::Corrupt(cursor))?;
-        }
+        // A sealed part that cannot be opened (its master key removed, or damage) must
+        // not stall readers and webhooks: the event keeps its clear facts.
+        let mut private = self.open_sealed(cursor, &s).unwrap_or_else(|e| {
+            tracing::warn!(cursor, error = %e, "event person fields unreadable; sent without them");
+            Map::new()
+        });
         let metadata = match private.remove("metadata") {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
