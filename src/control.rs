@@ -715,13 +715,6 @@ impl Control {
         self.queue.wake();
         let event = crate::config::WebhookEvent::Released;
         self.services.metrics.outcome(event.as_str());
-        self.services.webhooks.notify(crate::webhook::Outcome {
-            id,
-            event,
-            rcpt_index: None,
-            addresses: Vec::new(),
-            at: now,
-        });
         info!(admin, msg_id = %id, "quarantined message released");
         Ok(Count { count: 1 })
     }

@@ -26,6 +26,7 @@ pub mod control;
 pub mod delivery;
 pub mod dlp;
 pub mod dns;
+pub mod events;
 pub mod freeze;
 pub mod limits;
 pub mod listener;

@@ -11,7 +11,6 @@ use crate::queue::Queue;
 use crate::services::Services;
 use crate::spool::{RecipientState, SpoolError};
 use crate::types::{AuthIdentity, Envelope, MessageId, Reply};
-use crate::webhook::Outcome;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -586,14 +585,9 @@ impl Pipeline {
 
     fn notify_quarantined(&self, id: MessageId, env: &Envelope) {
         let event = WebhookEvent::Quarantined;
+        // The webhook event comes from the event store (derived from the audit record).
+        let _ = (id, env);
         self.services.metrics.outcome(event.as_str());
-        self.services.webhooks.notify(Outcome {
-            id,
-            event,
-            rcpt_index: None,
-            addresses: env.recipients.iter().map(|r| r.address.clone()).collect(),
-            at: self.services.now(),
-        });
     }
 }
 

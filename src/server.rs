@@ -140,8 +140,18 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         ),
     };
     let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
+    let events = {
+        let s = spool.clone();
+        crate::events::Events::new(spool.store().clone(), move || s.keyring())
+    };
+    audit.set_derive(events.clone());
     let metrics = Arc::new(Metrics::new());
-    let webhooks = Webhooks::start(&cfg.webhooks, metrics.clone())?;
+    let webhooks = Webhooks::start(
+        &cfg.webhooks,
+        metrics.clone(),
+        events.clone(),
+        spool.store().clone(),
+    )?;
     if !cfg.webhooks.is_empty() {
         info!(hooks = cfg.webhooks.len(), "delivery webhooks enabled");
     }
@@ -159,6 +169,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let services = Services {
         spool: spool.clone(),
         audit,
+        events,
         metrics: metrics.clone(),
         webhooks,
         clock: Arc::new(SystemClock),
@@ -183,6 +194,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let shutdown = CancellationToken::new();
     let queue_stop = CancellationToken::new();
     let audit_task = tokio::spawn(services.audit.clone().run(queue_stop.clone()));
+    tokio::spawn(services.events.clone().run_retention(
+        std::time::Duration::from_secs(cfg.events.retention.0),
+        queue_stop.clone(),
+    ));
     let queue_task = tokio::spawn(queue.clone().run(queue_stop.clone()));
     let _control = crate::control::start(
         &cfg,

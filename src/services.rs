@@ -28,6 +28,8 @@ impl Clock for SystemClock {
 pub struct Services {
     pub spool: Arc<Spool>,
     pub audit: Arc<Audit>,
+    /// Durable event store (GET /v1/events, webhooks), fed by every audit commit.
+    pub events: Arc<crate::events::Events>,
     pub metrics: Arc<Metrics>,
     /// Final outcomes and quarantine events; an empty set when no hook is configured.
     pub webhooks: Arc<Webhooks>,

@@ -1,28 +1,27 @@
-//! Delivery webhooks: final outcomes POSTed as signed JSON to configured URLs.
+//! Webhooks: events from the durable event store POSTed as signed JSON to configured URLs.
 //!
-//! Callers hand events to [`Webhooks::notify`], which never waits: each hook has a
-//! bounded channel drained by its own task, which POSTs in order and retries non-2xx
-//! answers with exponential backoff. When a hook's channel is full the event is dropped
-//! and counted (delivery must never slow down because a receiver is down).
+//! Each hook has a persistent cursor (spool `meta`, keyed by a hash of its URL) and a
+//! task that reads the events after it, POSTs the ones the hook subscribes to (one per
+//! request, in order), and advances and persists the cursor only after a 2xx. Failures
+//! retry with exponential backoff, for ever: nothing is dropped, and after a crash at
+//! most the in-flight event is sent again, with the same `X-Phigate-Event-Id`.
 //!
-//! Signature: `X-Phigate-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`.
+//! Signature: `X-Phigate-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + raw body)>`.
+//! Receivers should reject a `t` more than 5 minutes from their clock (replays).
 
 use crate::config::{WebhookConfig, WebhookEvent};
+use crate::events::{Event, Events};
 use crate::metrics::{Metrics, WEBHOOK_POSTS};
+use crate::spool::{Op, Store, Tree};
 use crate::tls::https::{HttpsClient, Resolve};
-use crate::types::MessageId;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use serde::Serialize;
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// Events buffered per hook before new ones are dropped.
-const CHANNEL: usize = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -42,64 +41,44 @@ pub enum WebhookError {
     EmptySecret { index: usize, path: String },
     #[error("webhook[{index}]: url: {reason}")]
     Url { index: usize, reason: String },
+    #[error("webhook cursor storage: {0}")]
+    Store(String),
     #[error("webhook TLS setup: {0}")]
     Tls(String),
 }
 
-/// One final outcome, as the queue, pipeline or control socket sees it.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub id: MessageId,
-    pub event: WebhookEvent,
-    /// Index into the envelope's recipients; None for message-level events (quarantine).
-    pub rcpt_index: Option<usize>,
-    /// Recipient address(es); sent only to hooks with `include_addresses = true`.
-    pub addresses: Vec<String>,
-    /// Unix seconds.
-    pub at: u64,
-}
-
-/// The JSON body. Field order is fixed by the struct, so signatures are reproducible.
-#[derive(Debug, Serialize)]
-pub struct Payload<'a> {
-    pub message_id: String,
-    pub status: &'static str,
-    /// RFC 3339, UTC.
-    pub time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipient_index: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipients: Option<&'a [String]>,
-}
-
-impl Outcome {
-    pub fn payload(&self, include_addresses: bool) -> Payload<'_> {
-        let time = time::OffsetDateTime::from_unix_timestamp(self.at as i64)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
-        Payload {
-            message_id: self.id.to_string(),
-            status: self.event.as_str(),
-            time,
-            recipient_index: self.rcpt_index,
-            recipients: include_addresses.then_some(self.addresses.as_slice()),
-        }
-    }
-}
-
-/// `sha256=<hex>` of HMAC-SHA256 over `body`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+/// `t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`.
+pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
     // HMAC accepts keys of any length; new_from_slice cannot fail for it.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(m) => m,
         Err(_) => return String::new(),
     };
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The subscription name an event type answers to (config `events = [...]`).
+fn subscription(event_type: &str) -> Option<WebhookEvent> {
+    Some(match event_type {
+        "message.queued" => WebhookEvent::Queued,
+        "message.deferred" => WebhookEvent::Deferred,
+        "message.delivered" => WebhookEvent::Delivered,
+        "message.bounced" => WebhookEvent::Bounced,
+        "message.expired" => WebhookEvent::Expired,
+        "message.quarantined" => WebhookEvent::Quarantined,
+        "message.released" => WebhookEvent::Released,
+        "message.deleted" => WebhookEvent::Deleted,
+        "security.alert" => WebhookEvent::SecurityAlert,
+        _ => return None,
+    })
+}
+
+fn cursor_key(url: &str) -> Vec<u8> {
+    let h: [u8; 32] = <Sha256 as sha2::Digest>::digest(url.as_bytes()).into();
+    format!("webhook_cursor:{}", hex::encode(&h[..16])).into_bytes()
 }
 
 /// Where a hook POSTs to: an absolute http(s) URL with a host.
@@ -121,32 +100,32 @@ fn parse_url(url: &str) -> Result<Target, String> {
     Ok(Target { uri })
 }
 
-struct Hook {
-    tx: mpsc::Sender<Outcome>,
-    events: Vec<WebhookEvent>,
-    index: usize,
-}
-
-/// The configured hooks; cheap to share.
+/// The configured hooks (their tasks run on their own).
 pub struct Webhooks {
-    hooks: Vec<Hook>,
-    metrics: Arc<Metrics>,
+    count: usize,
 }
 
 impl Webhooks {
-    /// No hooks: every `notify` is a no-op.
-    pub fn none(metrics: Arc<Metrics>) -> Arc<Webhooks> {
-        Arc::new(Webhooks {
-            hooks: Vec::new(),
-            metrics,
-        })
+    /// No hooks.
+    pub fn none(_metrics: Arc<Metrics>) -> Arc<Webhooks> {
+        Arc::new(Webhooks { count: 0 })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// Read the secrets, check the URLs and start one sender task per hook. Must run
-    /// inside a tokio runtime. With no hooks configured, the set is empty.
+    /// inside a tokio runtime. A hook seen for the first time starts at the newest event.
     pub fn start(
         cfgs: &[WebhookConfig],
         metrics: Arc<Metrics>,
+        events: Arc<Events>,
+        store: Arc<dyn Store>,
     ) -> Result<Arc<Webhooks>, WebhookError> {
         if cfgs.is_empty() {
             return Ok(Self::none(metrics));
@@ -154,7 +133,6 @@ impl Webhooks {
         let tls = crate::tls::client::with_roots(crate::tls::client::webpki_roots())
             .map_err(|e| WebhookError::Tls(e.to_string()))?;
         let http = HttpsClient::new(tls, Resolve::System, true, REQUEST_TIMEOUT);
-        let mut hooks = Vec::new();
         for (index, cfg) in cfgs.iter().enumerate() {
             let path = cfg.secret_file.display().to_string();
             let raw = std::fs::read(&cfg.secret_file).map_err(|source| WebhookError::Secret {
@@ -168,38 +146,39 @@ impl Webhooks {
             }
             let target =
                 parse_url(&cfg.url).map_err(|reason| WebhookError::Url { index, reason })?;
-            let (tx, rx) = mpsc::channel(CHANNEL);
+            let key = cursor_key(&cfg.url);
+            let cursor = match store.get(Tree::Meta, &key) {
+                Ok(Some(v)) => <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .ok(),
+                Ok(None) => None,
+                Err(e) => return Err(WebhookError::Store(e.to_string())),
+            };
+            let cursor = match cursor {
+                Some(c) => c,
+                None => {
+                    let c = *events.subscribe().borrow();
+                    store
+                        .commit(&[Op::Put(Tree::Meta, key.clone(), c.to_be_bytes().to_vec())])
+                        .map_err(|e| WebhookError::Store(e.to_string()))?;
+                    c
+                }
+            };
             let sender = Sender {
                 target,
                 secret,
                 include_addresses: cfg.include_addresses,
-                max_attempts: cfg.max_attempts.max(1),
+                subscribed: cfg.events.clone(),
                 http: http.clone(),
                 metrics: metrics.clone(),
                 index,
+                events: events.clone(),
+                store: store.clone(),
+                key,
             };
-            tokio::spawn(sender.run(rx));
-            hooks.push(Hook {
-                tx,
-                events: cfg.events.clone(),
-                index,
-            });
+            tokio::spawn(sender.run(cursor));
         }
-        Ok(Arc::new(Webhooks { hooks, metrics }))
-    }
-
-    /// Queue `outcome` for every hook subscribed to its event. Never waits.
-    pub fn notify(&self, outcome: Outcome) {
-        for h in self
-            .hooks
-            .iter()
-            .filter(|h| h.events.contains(&outcome.event))
-        {
-            if h.tx.try_send(outcome.clone()).is_err() {
-                warn!(webhook = h.index, msg_id = %outcome.id, "webhook queue full or closed, event dropped");
-                self.metrics.inc(WEBHOOK_POSTS, &[("result", "dropped")]);
-            }
-        }
+        Ok(Arc::new(Webhooks { count: cfgs.len() }))
     }
 }
 
@@ -207,32 +186,75 @@ struct Sender {
     target: Target,
     secret: Vec<u8>,
     include_addresses: bool,
-    max_attempts: u32,
+    subscribed: Vec<WebhookEvent>,
     http: HttpsClient,
     metrics: Arc<Metrics>,
     index: usize,
+    events: Arc<Events>,
+    store: Arc<dyn Store>,
+    key: Vec<u8>,
 }
 
+/// Events read per page.
+const PAGE: usize = 100;
+
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<Outcome>) {
-        while let Some(outcome) = rx.recv().await {
-            let body = match serde_json::to_vec(&outcome.payload(self.include_addresses)) {
-                Ok(b) => b,
+    async fn run(self, mut cursor: u64) {
+        let mut rx = self.events.subscribe();
+        loop {
+            let page = match self.events.page(Some(cursor), PAGE, None) {
+                Ok(p) => p,
                 Err(e) => {
-                    warn!(webhook = self.index, error = %e, "webhook payload not serialisable");
+                    warn!(webhook = self.index, error = %e, "webhook: event store unreadable");
+                    tokio::time::sleep(MAX_BACKOFF).await;
                     continue;
                 }
             };
-            let sig = signature(&self.secret, &body);
-            self.deliver(&outcome, body, &sig).await;
+            if page.events.is_empty() {
+                // Wait for a commit (or re-check now and then).
+                let _ = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await;
+                continue;
+            }
+            for ev in &page.events {
+                if subscription(&ev.kind).is_some_and(|s| self.subscribed.contains(&s)) {
+                    self.deliver(ev).await;
+                }
+                cursor = ev.cursor;
+                self.save(cursor);
+            }
+            if let Some(n) = page.next {
+                if n > cursor {
+                    cursor = n;
+                    self.save(cursor);
+                }
+            }
         }
     }
 
-    /// POST until a 2xx or `max_attempts`, doubling the pause after each failure.
-    async fn deliver(&self, outcome: &Outcome, body: Vec<u8>, sig: &str) {
+    fn save(&self, cursor: u64) {
+        let op = Op::Put(Tree::Meta, self.key.clone(), cursor.to_be_bytes().to_vec());
+        if let Err(e) = self.store.commit(&[op]) {
+            warn!(webhook = self.index, error = %e, "webhook cursor not saved");
+        }
+    }
+
+    /// POST until a 2xx, doubling the pause after each failure (at most 5 minutes).
+    async fn deliver(&self, ev: &Event) {
+        let body = match serde_json::to_vec(&ev.to_json(self.include_addresses)) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(webhook = self.index, error = %e, "webhook payload not serialisable");
+                return;
+            }
+        };
+        let id = ev.id();
         let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=self.max_attempts {
-            let res = tokio::time::timeout(REQUEST_TIMEOUT, self.post(body.clone(), sig)).await;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let sig = signature(&self.secret, crate::types::now_secs(), &body);
+            let res =
+                tokio::time::timeout(REQUEST_TIMEOUT, self.post(body.clone(), &sig, &id)).await;
             let why = match res {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
                     self.count("ok");
@@ -242,12 +264,7 @@ impl Sender {
                 Ok(Err(e)) => e,
                 Err(_) => "timeout".into(),
             };
-            if attempt == self.max_attempts {
-                warn!(webhook = self.index, msg_id = %outcome.id, attempts = attempt, reason = %why, "webhook gave up");
-                self.count("gave_up");
-                return;
-            }
-            info!(webhook = self.index, msg_id = %outcome.id, attempt, reason = %why, retry_in_secs = backoff.as_secs(), "webhook POST failed, will retry");
+            info!(webhook = self.index, event_id = %id, attempt, reason = %why, retry_in_secs = backoff.as_secs(), "webhook POST failed, will retry");
             self.count("retry");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -258,10 +275,11 @@ impl Sender {
         self.metrics.inc(WEBHOOK_POSTS, &[("result", result)]);
     }
 
-    async fn post(&self, body: Vec<u8>, sig: &str) -> Result<u16, String> {
+    async fn post(&self, body: Vec<u8>, sig: &str, id: &str) -> Result<u16, String> {
         let req = hyper::Request::post(self.target.uri.clone())
             .header(hyper::header::USER_AGENT, "phigate")
             .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header("X-Phigate-Event-Id", id)
             .header("X-Phigate-Signature", sig)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
@@ -278,30 +296,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_is_hmac_sha256_hex() {
-        // RFC 4231 test case 2.
-        let sig = signature(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(
-            sig,
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+    fn signature_is_hmac_over_t_dot_body() {
+        let sig = signature(b"Jefe", 1_700_000_000, b"{}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap_or_else(|_| unreachable!());
+        mac.update(b"1700000000.{}");
+        let want = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(sig, format!("t=1700000000,v1={want}"));
     }
 
     #[test]
-    fn payload_has_no_addresses_unless_allowed() {
-        let o = Outcome {
-            id: MessageId::new(),
-            event: WebhookEvent::Delivered,
-            rcpt_index: Some(0),
-            addresses: vec!["pat@example.org".into()],
-            at: 1_700_000_000,
-        };
-        let off = serde_json::to_string(&o.payload(false)).unwrap_or_default();
-        assert!(!off.contains("pat@example.org"), "{off}");
-        assert!(off.contains("\"status\":\"delivered\""));
-        assert!(off.contains("\"time\":\"2023-11-14T22:13:20Z\""));
-        let on = serde_json::to_string(&o.payload(true)).unwrap_or_default();
-        assert!(on.contains("pat@example.org"));
+    fn subscriptions_cover_every_type() {
+        for t in [
+            "message.queued",
+            "message.delivered",
+            "security.alert",
+            "message.deleted",
+        ] {
+            assert!(subscription(t).is_some(), "{t}");
+        }
+        assert!(cursor_key("http://a/") != cursor_key("http://b/"));
     }
 
     #[test]

@@ -1,17 +1,43 @@
 //! Delivery webhooks from the running binary: a loopback HTTP server in this test
 //! answers the first POST with 500 and later ones with 200; the event must arrive
-//! again (retry), signed with HMAC-SHA256 over the body, without addresses.
+//! again (retry, same event ID), signed `t=UNIX,v1=HMAC-SHA256(secret, t + "." + body)`
+//! (checked by Python's hmac module, not phigate's code), without addresses.
 
 mod common;
 use common::*;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("hmac key");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+/// Python's verdict on a signature header: "ok" or why not (5-minute tolerance).
+fn py_verify(secret: &str, header: &str, body: &[u8]) -> String {
+    let script = r#"
+import hmac, hashlib, sys, time
+secret, header = sys.argv[1].encode(), sys.argv[2]
+body = sys.stdin.buffer.read()
+parts = dict(p.split("=", 1) for p in header.split(","))
+t = parts["t"]
+want = hmac.new(secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
+if abs(time.time() - int(t)) > 300:
+    print("stale")
+elif not hmac.compare_digest(want, parts["v1"]):
+    print("bad")
+else:
+    print("ok")
+"#;
+    let mut child = std::process::Command::new(PYTHON)
+        .args(["-c", script, secret, header])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body)
+        .expect("write");
+    let out = child.wait_with_output().expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -90,22 +116,29 @@ fn outcomes_are_posted_signed_and_retried_after_a_500() {
     );
     all.truncate(2);
     assert_eq!(all[0].body, all[1].body, "the retry carries the same event");
+    assert_eq!(
+        all[0].header("X-Phigate-Event-Id"),
+        all[1].header("X-Phigate-Event-Id")
+    );
     for r in &all {
         let signature = r.header("X-Phigate-Signature").unwrap_or_default();
-        let want = format!(
-            "sha256={}",
-            hmac_hex(b"s3cret-shared-with-the-ehr", &r.body)
+        assert_eq!(
+            py_verify("s3cret-shared-with-the-ehr", &signature, &r.body),
+            "ok"
         );
-        assert_eq!(signature, want, "bad signature");
-        assert_ne!(signature, format!("sha256={}", hmac_hex(b"wrong", &r.body)));
+        assert_eq!(py_verify("wrong", &signature, &r.body), "bad");
     }
     let body = String::from_utf8_lossy(&all[0].body).to_string();
     let v: serde_json::Value = serde_json::from_str(&body).expect("json payload");
     assert_eq!(v["message_id"], serde_json::json!(id));
-    assert_eq!(v["status"], "delivered");
+    assert_eq!(v["type"], "message.delivered");
     assert_eq!(v["recipient_index"], 0);
+    assert_eq!(
+        v["id"].as_str(),
+        all[0].header("X-Phigate-Event-Id").as_deref()
+    );
     assert!(
-        v["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        v["created"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{body}"
     );
     assert!(

@@ -541,7 +541,11 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
             .expect("lock")
             .iter()
             .filter_map(|p| serde_json::from_slice::<Value>(&p.body).ok())
-            .filter_map(|v| v["status"].as_str().map(str::to_string))
+            .filter_map(|v| {
+                v["type"]
+                    .as_str()
+                    .map(|t| t.trim_start_matches("message.").to_string())
+            })
             .collect()
     };
     assert!(
@@ -565,6 +569,8 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
             "canaries in a webhook POST: {found:?}\n{}\n{body}",
             p.head
         );
+        // include_addresses is off: no address of any kind in the body.
+        assert!(!body.contains('@'), "address in a webhook body: {body}");
     }
 
     // 4. A sending limit refuses a canary recipient at RCPT (3 of 4 recipients a day are

@@ -92,8 +92,26 @@ const DEFERRED_FLUSH: Duration = Duration::from_secs(1);
 /// Deferred events held at most (a connection flood writes them in batches of this size).
 const DEFERRED_MAX: usize = 256;
 
+/// Derives further writes (the event store's records) from each audit event, inside the
+/// commit that appends it: an event exists iff its record does. Installed by the server
+/// so audit does not depend on the modules that consume it.
+pub trait Derive: Send + Sync {
+    /// Push the ops for `ev` (chained as `seq` at `ts_ms`) onto `ops`.
+    fn derive(
+        &self,
+        master: &crate::spool::MasterKey,
+        seq: u64,
+        ts_ms: u64,
+        ev: &AuditEvent,
+        ops: &mut Vec<Op>,
+    );
+    /// The commit holding the derived ops is durable.
+    fn committed(&self);
+}
+
 /// The audit trail service. Share it behind an `Arc`.
 pub struct Audit {
+    derive: std::sync::OnceLock<Arc<dyn Derive>>,
     spool: Arc<Spool>,
     head: Mutex<Head>,
     /// Writes waiting for the next flush (or [`DEFERRED_FLUSH`]), in arrival order.
@@ -236,6 +254,7 @@ impl Audit {
         let audit = Arc::new(Audit {
             spool: spool.clone(),
             head: Mutex::new(head),
+            derive: std::sync::OnceLock::new(),
             staged: Mutex::new(Vec::new()),
             syslog,
             settings,
@@ -247,6 +266,11 @@ impl Audit {
             }
         }));
         Ok(audit)
+    }
+
+    /// Install the derive hook (once; later calls are ignored).
+    pub fn set_derive(&self, d: Arc<dyn Derive>) {
+        let _ = self.derive.set(d);
     }
 
     /// The chain head: (seq, hex hash). Seq 0 means empty.
@@ -332,6 +356,9 @@ impl Audit {
                 let stored = record::encode(&keys, master.id(), next.seq, st.ts, &next.hash, ev);
                 next.hash = record::hash(&stored);
                 ops.push(Op::Put(Tree::Audit, seq_key(next.seq).to_vec(), stored));
+                if let Some(d) = self.derive.get() {
+                    d.derive(master, next.seq, st.ts, ev, &mut ops);
+                }
                 forwarded.push((next.seq, next.hash, st.ts, ev));
             }
         }
@@ -356,6 +383,9 @@ impl Audit {
         }
         *head = next;
         drop(head);
+        if let Some(d) = self.derive.get() {
+            d.committed();
+        }
         for st in &staged {
             if let Some(r) = &st.receipt {
                 r.fill(Ok(()));

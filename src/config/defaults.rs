@@ -89,3 +89,6 @@ pub fn head_log_interval() -> Seconds {
 pub fn audit_retention() -> Seconds {
     Seconds(6 * 365 * 86400)
 }
+pub fn events_retention() -> Seconds {
+    Seconds(30 * 86400)
+}

@@ -68,6 +68,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Durable event store (`[events]`).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Prometheus metrics and health endpoint; off when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -100,20 +103,29 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookEvent {
+    Queued,
+    Deferred,
     Delivered,
     Bounced,
     Expired,
     Quarantined,
     Released,
+    Deleted,
+    #[serde(rename = "security_alert", alias = "security.alert")]
+    SecurityAlert,
 }
 
 impl WebhookEvent {
-    pub const ALL: [WebhookEvent; 5] = [
+    pub const ALL: [WebhookEvent; 9] = [
+        WebhookEvent::Queued,
+        WebhookEvent::Deferred,
         WebhookEvent::Delivered,
         WebhookEvent::Bounced,
         WebhookEvent::Expired,
         WebhookEvent::Quarantined,
         WebhookEvent::Released,
+        WebhookEvent::Deleted,
+        WebhookEvent::SecurityAlert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +135,10 @@ impl WebhookEvent {
             WebhookEvent::Expired => "expired",
             WebhookEvent::Quarantined => "quarantined",
             WebhookEvent::Released => "released",
+            WebhookEvent::Queued => "queued",
+            WebhookEvent::Deferred => "deferred",
+            WebhookEvent::Deleted => "deleted",
+            WebhookEvent::SecurityAlert => "security_alert",
         }
     }
 }
@@ -432,6 +448,23 @@ impl Default for RetentionConfig {
         RetentionConfig {
             content_after_delivery: Seconds(0),
             metadata: defaults::metadata(),
+        }
+    }
+}
+
+/// `[events]`: the durable event store behind GET /v1/events and webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events older than this are purged (0 = keep for ever). Default 30 days.
+    #[serde(default = "defaults::events_retention")]
+    pub retention: Seconds,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention: defaults::events_retention(),
         }
     }
 }

@@ -12,7 +12,6 @@ use crate::spool::{Attempt, RecipientState, SpoolError};
 use crate::types::{
     AttemptResult, Envelope, MessageId, Notify, RcptOutcome, Recipient, Reply, Status,
 };
-use crate::webhook::Outcome;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -374,7 +373,14 @@ impl Queue {
     }
 
     /// Metrics for one attempt and, when the recipient is now final, the webhook event.
-    fn observe(&self, id: MessageId, o: &RcptOutcome, status: &Status, rcpt: &Recipient, now: u64) {
+    fn observe(
+        &self,
+        id: MessageId,
+        o: &RcptOutcome,
+        status: &Status,
+        _rcpt: &Recipient,
+        now: u64,
+    ) {
         let result = match &o.result {
             AttemptResult::Delivered(_) => "delivered",
             AttemptResult::Transient(_) => "deferred",
@@ -403,14 +409,8 @@ impl Queue {
             ));
         }
         if let Some(event) = event {
+            // The webhook event comes from the event store (derived from the audit record).
             m.outcome(event.as_str());
-            self.services.webhooks.notify(Outcome {
-                id,
-                event,
-                rcpt_index: Some(o.index),
-                addresses: vec![rcpt.address.clone()],
-                at: now,
-            });
         }
     }
 

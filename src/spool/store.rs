@@ -33,9 +33,11 @@ pub enum Tree {
     Audit,
     /// audit chain head and retention anchor.
     AuditMeta,
+    /// event cursor (u64 BE) -> event record (clear facts + sealed person fields).
+    Events,
 }
 
-const ALL: [Tree; 9] = [
+const ALL: [Tree; 10] = [
     Tree::Messages,
     Tree::Envelopes,
     Tree::Wraps,
@@ -45,6 +47,7 @@ const ALL: [Tree; 9] = [
     Tree::Meta,
     Tree::Audit,
     Tree::AuditMeta,
+    Tree::Events,
 ];
 
 impl Tree {
@@ -59,6 +62,7 @@ impl Tree {
             Tree::Meta => "meta",
             Tree::Audit => "audit",
             Tree::AuditMeta => "audit_meta",
+            Tree::Events => "events",
         }
     }
 

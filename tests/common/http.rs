@@ -65,7 +65,15 @@ impl Post {
 pub fn http_receiver(
     status: impl Fn(usize) -> &'static str + Send + 'static,
 ) -> (u16, Arc<Mutex<Vec<Post>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind HTTP receiver");
+    http_receiver_at(0, status)
+}
+
+/// [`http_receiver`] on a given port (0: any), e.g. one that was down until now.
+pub fn http_receiver_at(
+    port: u16,
+    status: impl Fn(usize) -> &'static str + Send + 'static,
+) -> (u16, Arc<Mutex<Vec<Post>>>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind HTTP receiver");
     let port = listener.local_addr().expect("addr").port();
     let got = Arc::new(Mutex::new(Vec::new()));
     let got2 = got.clone();

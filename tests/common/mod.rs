@@ -23,7 +23,7 @@ pub mod http;
 #[allow(unused_imports)]
 pub use delivery::deliver;
 #[allow(unused_imports)]
-pub use http::{http_get, http_receiver, metric_sample, Post};
+pub use http::{http_get, http_receiver, http_receiver_at, metric_sample, Post};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phigate");
 pub const HOSTNAME: &str = "gw.phigate.test";
