@@ -195,32 +195,25 @@ impl Events {
                 };
                 let c = u64::from_be_bytes(b);
                 last_seen = Some(c);
-                if let Ok(s) = serde_json::from_slice::<Stored>(v) {
-                    if owner.is_none() || s.owner.as_deref() == owner {
-                        raw.push((c, s));
-                    }
-                } else {
-                    raw.push((
-                        c,
-                        Stored {
-                            v: 0,
-                            key: String::new(),
-                            ts: 0,
-                            kind: String::new(),
-                            msg: None,
-                            rcpt: None,
-                            owner: None,
-                            data: Map::new(),
-                            sealed: None,
-                        },
-                    ));
+                match serde_json::from_slice::<Stored>(v) {
+                    Ok(s) if owner.is_none() || s.owner.as_deref() == owner => raw.push((c, s)),
+                    Ok(_) => {}
+                    // A damaged record must not stall every reader and webhook at this
+                    // cursor for ever: skip it, and say so.
+                    Err(_) => tracing::warn!(cursor = c, "unreadable event record skipped"),
                 }
                 raw.len() < limit
             })?;
         let events = raw
             .into_iter()
-            .map(|(c, s)| self.open(c, s))
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|(c, s)| match self.open(c, s) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(cursor = c, error = %e, "unreadable event record skipped");
+                    None
+                }
+            })
+            .collect::<Vec<_>>();
         let next = events.last().map(|e| e.cursor).or(last_seen).or(after);
         Ok(Page { events, next })
     }

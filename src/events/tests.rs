@@ -155,3 +155,26 @@ async fn security_alert_is_an_event_without_addresses() {
     assert_eq!(p.events[0].kind, "security.alert");
     assert_eq!(p.events[0].data["counts"]["failures"], 9);
 }
+
+#[tokio::test]
+async fn damaged_record_is_skipped_not_a_stall() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (spool, audit, events) = open(dir.path());
+    send(&spool, &audit, "ehr").await;
+    let first = events.page(None, 10, None).expect("page");
+    let c = first.next.expect("cursor");
+    // A record that is not an event at all, right after the first one.
+    spool
+        .store()
+        .commit(&[Op::Put(
+            Tree::Events,
+            (c + 1).to_be_bytes().to_vec(),
+            b"{not json".to_vec(),
+        )])
+        .expect("put");
+    send(&spool, &audit, "ehr").await;
+    let rest = events.page(Some(c), 10, None).expect("page after damage");
+    assert_eq!(rest.events.len(), 1, "the damaged record is skipped");
+    assert!(rest.events[0].cursor > c + 1);
+    assert_eq!(rest.next, Some(rest.events[0].cursor));
+}
