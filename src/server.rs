@@ -139,6 +139,14 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
                 ))),
         ),
     };
+    // Sandbox API keys never reach a real MX, whatever the mode.
+    let transport: Arc<dyn Transport> = match cfg.delivery.mode {
+        DeliveryMode::Sandbox => transport,
+        _ => Arc::new(crate::delivery::SandboxKeys {
+            real: transport,
+            sandbox: SandboxTransport::new(Sandbox::new(cfg.sandbox_dir())),
+        }),
+    };
     let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
     let events = {
         let s = spool.clone();
@@ -213,6 +221,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             crate::metrics::http::start(mc.listen, metrics.clone(), gauges, shutdown.clone())
                 .await?;
     }
+    let api_tls = match &cfg.api {
+        Some(api) => Some(start_api(&cfg, api, &services, &pipeline, shutdown.clone()).await?),
+        None => None,
+    };
     let front = FrontEnd {
         services: services.clone(),
         handoff: pipeline.clone(),
@@ -273,6 +285,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             &current,
             config_path.as_deref(),
             &tls,
+            api_tls.as_ref(),
             &pipeline,
             &front,
             &shared,
@@ -493,12 +506,50 @@ pub fn load_policy(cfg: &Config) -> Result<Policy, ServerError> {
     })
 }
 
+/// Start the HTTPS API on the shared pipeline; returns its TLS handle for reloads.
+async fn start_api(
+    cfg: &Config,
+    api: &crate::config::ApiConfig,
+    services: &Services,
+    pipeline: &Arc<Pipeline>,
+    shutdown: CancellationToken,
+) -> Result<ServerTls, ServerError> {
+    use crate::api::http;
+    let tls = ServerTls::new(&http::tls_config(&cfg.tls, api))?;
+    let keys = crate::api::keys::KeyStore::new(services.spool.store().clone());
+    if let Some(path) = &api.sandbox_key_file {
+        http::ensure_sandbox_key(&keys, path, services.now()).map_err(|source| {
+            ServerError::Bind {
+                name: "api sandbox_key_file".into(),
+                addr: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    let state = Arc::new(http::ApiState {
+        services: services.clone(),
+        pipeline: pipeline.clone(),
+        keys,
+        cfg: api.clone(),
+        hostname: cfg.server.hostname.clone(),
+    });
+    http::start(state, tls.clone(), shutdown)
+        .await
+        .map_err(|source| ServerError::Bind {
+            name: "api".into(),
+            addr: api.listen.to_string(),
+            source,
+        })?;
+    Ok(tls)
+}
+
 /// Re-read what can change without a restart. Everything is built first and swapped
 /// only when all of it succeeded, so an error leaves the running config untouched.
 fn reload(
     current: &Config,
     path: Option<&std::path::Path>,
     tls: &ServerTls,
+    api_tls: Option<&ServerTls>,
     pipeline: &Pipeline,
     front: &FrontEnd,
     shared: &RwLock<Arc<Shared>>,
@@ -510,6 +561,9 @@ fn reload(
     let new_shared = build_shared(&new, front)?;
     let policy = load_policy(&new)?;
     tls.reload(&new.tls)?;
+    if let (Some(t), Some(api)) = (api_tls, &new.api) {
+        t.reload(&crate::api::http::tls_config(&new.tls, api))?;
+    }
     pipeline.set_policy(policy);
     pipeline.set_min_free(new.spool.min_free.0);
     install_credentials(&front.services, &new, &new_shared);

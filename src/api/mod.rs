@@ -1,8 +1,9 @@
 //! The HTTPS submission API (L3): a second front end on the same pipeline as SMTP.
 //! `keys` is the API key store (`phigate api-key`), `model` the JSON contract of `/v1`,
 //! `mime` turns a request into a message, `problem` maps every error once to RFC 9457.
-//! Not yet here: the HTTPS listener and handlers (see the branch report).
+//! `http` is the HTTPS listener and the handlers.
 
+pub mod http;
 pub mod keys;
 pub mod mime;
 pub mod model;

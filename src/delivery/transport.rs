@@ -92,3 +92,20 @@ impl Transport for SandboxTransport {
         })
     }
 }
+
+/// Mail submitted with a sandbox API key goes to the sandbox whatever the delivery
+/// mode (a test environment for integrators); everything else to `real`.
+pub struct SandboxKeys {
+    pub real: std::sync::Arc<dyn Transport>,
+    pub sandbox: SandboxTransport,
+}
+
+impl Transport for SandboxKeys {
+    fn deliver<'a>(&'a self, job: Job<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        if job.env.listener == crate::types::API_SANDBOX_LISTENER {
+            self.sandbox.deliver(job)
+        } else {
+            self.real.deliver(job)
+        }
+    }
+}

@@ -624,7 +624,7 @@ impl Gateway {
         }
     }
 
-    fn messages_now(&self) -> Vec<(String, Vec<u8>, Value)> {
+    pub fn messages_now(&self) -> Vec<(String, Vec<u8>, Value)> {
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir(self.sandbox_dir()) else {
             return out;
