@@ -120,6 +120,21 @@ pub enum Request {
     AuditIncident {
         filter: crate::audit::incident::IncidentFilter,
     },
+    /// `phigate api-key create|list|revoke` (the daemon holds the store).
+    ApiKeyCreate {
+        new: crate::api::keys::NewKey,
+    },
+    ApiKeyList,
+    ApiKeyRevoke {
+        name: String,
+    },
+}
+
+/// `api-key create`'s answer: the key, shown once, and what was stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub key: String,
+    pub record: crate::api::keys::KeyRecord,
 }
 
 /// One exported record on the control socket (before the final [`Response`]).
@@ -476,6 +491,25 @@ impl Control {
         Response::ok(&Count { count: n as usize })
     }
 
+    /// API keys: created, listed and revoked in the daemon's store; a revocation is seen
+    /// by the API's next request.
+    fn api_keys(&self, req: Request, admin: &str) -> Response {
+        let keys = crate::api::keys::KeyStore::new(self.services.spool.store().clone());
+        let now = self.services.now();
+        let res = match req {
+            Request::ApiKeyCreate { new } => keys.create(&new, now).map(|(key, record)| {
+                info!(admin, key_name = %record.name, "api key created");
+                Response::ok(&CreatedKey { key, record })
+            }),
+            Request::ApiKeyRevoke { name } => keys.revoke(&name, now).map(|r| {
+                info!(admin, key_name = %r.name, "api key revoked");
+                Response::ok(&r)
+            }),
+            _ => keys.list().map(|v| Response::ok(&v)),
+        };
+        res.unwrap_or_else(|e| Response::err(e.to_string()))
+    }
+
     async fn handle(&self, req: Request, admin: &str) -> Response {
         let result = match req {
             Request::QueueList { state } => self.list(state).map(|v| Response::ok(&v)),
@@ -491,6 +525,9 @@ impl Control {
                 .map(|v| Response::ok(&Stats::from(v)))
                 .map_err(Into::into),
             Request::KeysList => self.key_rows().map(|v| Response::ok(&v)),
+            req @ (Request::ApiKeyCreate { .. }
+            | Request::ApiKeyList
+            | Request::ApiKeyRevoke { .. }) => return self.api_keys(req, admin),
             Request::KeysReload => self.reload_keys(admin).map(|v| Response::ok(&v)),
             Request::KeysRewrap => self.rewrap(admin).await.map(|v| Response::ok(&v)),
             Request::QuarantineList => self.quarantine_list().map(|v| Response::ok(&v)),

@@ -17,11 +17,17 @@ struct Api {
 }
 
 fn start(max_body: &str) -> Option<Api> {
+    start_with(max_body, "")
+}
+
+/// A gateway with the API on, `extra` config sections appended.
+fn start_with(max_body: &str, extra: &str) -> Option<Api> {
     if !require_tool("python3") {
         return None;
     }
     let port = common::free_port();
     let mut opts = GwOpts::spool();
+    opts.server_extra += extra;
     opts.server_extra += &format!(
         "\n[api]\nlisten = \"127.0.0.1:{port}\"\nmax_body = \"{max_body}\"\nmax_recipients = 3\nsandbox_key_file = \"KEYFILE\"\n"
     );
@@ -244,4 +250,95 @@ fn bad_requests_get_problem_documents_and_nothing_is_queued() {
     // Nothing was half-accepted.
     std::thread::sleep(Duration::from_millis(500));
     assert!(api.gw.messages_now().is_empty());
+}
+
+#[test]
+fn keys_scopes_owners_and_revocation() {
+    let Some(api) = start("1M") else { return };
+    let gw = &api.gw;
+    // The key alone on stdout, so a script can capture it.
+    let out = gw.cli_ok(&["api-key", "create", "app", "--scope", "send"]);
+    let send_key = out.trim().to_string();
+    assert!(send_key.starts_with("phg_") && !send_key.contains(char::is_whitespace));
+    assert_eq!(out, format!("{send_key}\n"));
+    let reader = gw
+        .cli_ok(&[
+            "api-key", "create", "app-read", "--scope", "read", "--owner", "app",
+        ])
+        .trim()
+        .to_string();
+    let other = gw
+        .cli_ok(&["api-key", "create", "other", "--scope", "read,send"])
+        .trim()
+        .to_string();
+    let dup = gw.cli(&["api-key", "create", "app"]);
+    assert!(!dup.status.success(), "a live name cannot be created twice");
+
+    let mut msg = message();
+    msg["metadata"] = json!({});
+    let sent =
+        api.one(json!({"method": "POST", "path": "/v1/messages", "key": send_key, "body": msg}));
+    assert_eq!(sent["status"], 202, "{sent}");
+    let id = sent["body"]["id"].as_str().expect("id").to_string();
+    let path = format!("/v1/messages/{id}");
+    let r = api.call(vec![
+        json!({"path": path, "key": send_key}),
+        json!({"path": path, "key": reader}),
+        json!({"path": path, "key": other}),
+        json!({"method": "POST", "path": "/v1/messages", "key": reader, "body": message()}),
+    ]);
+    assert_eq!(r[0]["status"], 403, "send-only key cannot read: {}", r[0]);
+    assert_eq!(r[0]["body"]["type"], "urn:phigate:problem:wrong-scope");
+    assert_eq!(r[1]["status"], 200, "same owner reads: {}", r[1]);
+    assert_eq!(r[1]["body"]["id"], id.as_str());
+    assert_eq!(r[2]["status"], 404, "another owner sees nothing: {}", r[2]);
+    assert_eq!(r[3]["status"], 403, "read-only key cannot send");
+
+    // Revocation is seen by the very next request.
+    assert_eq!(
+        gw.cli_ok(&["api-key", "revoke", "app"]).trim(),
+        "revoked app"
+    );
+    let after = api
+        .one(json!({"method": "POST", "path": "/v1/messages", "key": send_key, "body": message()}));
+    assert_eq!(after["status"], 401, "{after}");
+    assert_eq!(after["body"]["type"], "urn:phigate:problem:key-revoked");
+    let list = gw.cli_json(&["api-key", "list"]);
+    let rows = list.as_array().expect("rows");
+    let app = rows
+        .iter()
+        .find(|k| k["name"] == "app")
+        .expect("app listed");
+    assert!(app["revoked_at"].is_u64());
+    assert!(
+        !list.to_string().contains(&send_key),
+        "only a hash is stored and listed"
+    );
+    // The submission is in the audit trail under the key's identity.
+    let trail = gw.cli_ok(&["audit", "export", "--message", &id]);
+    assert!(trail.contains("message_received"), "{trail}");
+    assert!(trail.contains("api:app"), "identity api:NAME in the trail");
+}
+
+#[test]
+fn sending_limit_is_429_with_retry_after() {
+    if !require_tool("python3") {
+        return;
+    }
+    let Some(api) = start_with("1M", "\n[limits]\nmessages_per_minute = 1\n") else {
+        return;
+    };
+    let r = api.call(vec![
+        json!({"method": "POST", "path": "/v1/messages", "key": api.key, "body": message()}),
+        json!({"method": "POST", "path": "/v1/messages", "key": api.key, "body": message()}),
+    ]);
+    assert_eq!(r[0]["status"], 202, "{}", r[0]);
+    assert_eq!(r[1]["status"], 429, "{}", r[1]);
+    assert_eq!(r[1]["body"]["type"], "urn:phigate:problem:rate-limited");
+    let retry: u64 = r[1]["retry_after"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(api.gw.wait_messages(1, Duration::from_secs(10)).len(), 1);
 }

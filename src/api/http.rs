@@ -187,9 +187,31 @@ async fn send_inner(
         peer: conn.peer,
         client_cert: None,
     }) {
-        SenderVerdict::Accept => {}
-        SenderVerdict::Refuse(reply) => return Err(refused_sender(&reply)),
+        // Limits and freezes are decided again, with their retry time, when the
+        // message is submitted (the Refused disposition below).
+        SenderVerdict::Accept | SenderVerdict::Refuse(_) => {}
         SenderVerdict::Revoked(_) => return Err(ApiError::KeyRevoked),
+    }
+    // The whole message against the identity's limits first, so a full window is a
+    // 429 with its retry time rather than per-recipient refusals.
+    let mut domains: Vec<String> = req
+        .recipients()
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        .collect();
+    domains.sort();
+    domains.dedup();
+    let usage = crate::limits::Usage {
+        messages: 1,
+        recipients: req.recipients().count() as u64,
+        domains: &domains,
+        bytes: bytes.len() as u64,
+    };
+    if let Err(e) = st.services.limits.check(&ident, &usage, st.services.now()) {
+        st.pipeline.record_limit_refusal(&ident, "api", &e);
+        return Err(ApiError::RateLimited {
+            limit: e.limit.as_str().to_string(),
+            retry_after: e.retry_after,
+        });
     }
     let id = MessageId::new();
     let built = super::mime::build(&req, st.cfg.max_recipients, &st.hostname, &id.to_string())?;
@@ -286,19 +308,6 @@ async fn send_inner(
         id: id.to_string(),
         recipients: results,
     })
-}
-
-/// A sender refused before anything was built: a limit (4.7.1 with a retry time) or a
-/// freeze.
-fn refused_sender(reply: &crate::types::Reply) -> ApiError {
-    if reply.text.contains("frozen") || reply.text.contains("suspended") {
-        ApiError::Suspended
-    } else {
-        ApiError::RateLimited {
-            limit: "sending limit".into(),
-            retry_after: 60,
-        }
-    }
 }
 
 async fn status(

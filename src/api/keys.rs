@@ -81,7 +81,7 @@ pub enum KeyCheck {
 }
 
 /// What `create` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewKey {
     pub name: String,
     pub owner: Option<String>,

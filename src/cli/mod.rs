@@ -1,6 +1,7 @@
 //! Command line: `phigate serve | check-config | user ...`. Every command takes
 //! `--config PATH`, prints a short answer, and exits non-zero with a one-line reason.
 
+mod api_key;
 mod audit;
 pub mod control_client;
 mod dlp;
@@ -88,6 +89,12 @@ pub enum Command {
     Quarantine {
         #[command(subcommand)]
         action: quarantine::QuarantineAction,
+    },
+    /// Keys for the HTTPS submission API.
+    #[command(name = "api-key")]
+    ApiKey {
+        #[command(subcommand)]
+        action: api_key::ApiKeyAction,
     },
     /// Hold outbound delivery for an identity or everything (breach response).
     Freeze {
@@ -219,5 +226,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sts { action } => sts::run(&cli.config, action),
         Command::Audit { action } => audit::run(&cli.config, action),
         Command::Freeze { action } => freeze::run_freeze(&cli.config, action),
+        Command::ApiKey { action } => api_key::run(&cli.config, action),
     }
 }
