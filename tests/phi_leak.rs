@@ -330,12 +330,16 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     }
     // Breach prevention (#17) on, so its outputs are checked too: a recipient limit one
     // canary recipient runs into, and alerts that fire on this mix (volume, DLP burst).
+    // The HTTPS API (#14) on too: its answers, problem documents and events are checked.
+    let api_port = free_port();
+    delivery += &format!("\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n");
     delivery += "\n[limits]\nrecipients_per_day = 4\n\n[alerts]\nvolume_factor = 1.0\nvolume_min_messages = 0\ndlp_findings = 1\n";
     let mut gw = Gateway::start(GwOpts {
         listeners: vec![listener("smtps", "implicit", &["ip"])],
         delivery: Some(delivery),
         policy: Some(POLICY.to_string()),
         log_level: "debug",
+        control_socket: true,
         ..GwOpts::default()
     });
     // The harness discards stdout; run the daemon again on the same configuration with
@@ -597,6 +601,78 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         t.lines(3)
     );
 
+    // 5. The same content through the HTTPS API: a message delivered over TLS to the
+    //    receiver, a refused request carrying canaries, and the events page.
+    let api_key = gw
+        .cli_ok(&["api-key", "create", "leak", "--scope", "send,read"])
+        .trim()
+        .to_string();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let api_msg = serde_json::json!({
+        "from": SENDER, "to": [good],
+        "subject": format!("Results {SUBJECT}"),
+        "text": format!("Patient follow-up {BODY}."),
+        "attachments": [{"filename": format!("{ATT_NAME}.txt"), "content_type": "text/plain",
+                         "content_base64": b64(&format!("lab sheet {ATT_CONTENT}\n"))}],
+        "metadata": {"order": "A-1"},
+    });
+    let mut bad = api_msg.clone();
+    bad["unexpected"] = serde_json::json!(SUBJECT);
+    let spec = serde_json::json!({
+        "port": api_port, "host": HOSTNAME, "ca": ca,
+        "requests": [
+            {"method": "POST", "path": "/v1/messages", "key": api_key, "body": api_msg},
+            {"method": "POST", "path": "/v1/messages", "key": api_key, "body": bad},
+            {"method": "POST", "path": "/v1/messages", "key": "phg_nope", "body": api_msg},
+        ],
+    });
+    let answers = api_call(&spec);
+    assert_eq!(answers[0]["status"], 202, "API send: {}", answers[0]);
+    assert_eq!(answers[1]["status"], 400, "API bad field: {}", answers[1]);
+    assert_eq!(answers[2]["status"], 401, "API bad key: {}", answers[2]);
+    let api_id = answers[0]["body"]["id"]
+        .as_str()
+        .expect("API id")
+        .to_string();
+    // The 202 names the recipients by contract; nothing else of the content.
+    let content_canaries: Vec<_> = all_canaries()
+        .into_iter()
+        .filter(|(n, _)| *n != "recipient-local-part")
+        .collect();
+    let found = leaks(answers[0].to_string().as_bytes(), &content_canaries);
+    assert!(found.is_empty(), "canaries in the 202: {found:?}");
+    for a in &answers[1..] {
+        let found = leaks(a.to_string().as_bytes(), &all_canaries());
+        assert!(found.is_empty(), "canaries in a problem: {found:?}\n{a}");
+        assert!(!a.to_string().contains('@'), "address in a problem: {a}");
+    }
+    let delivered_api = || {
+        envelopes()
+            .iter()
+            .any(|(p, _)| contains(&std::fs::read(p).unwrap_or_default(), api_id.as_bytes()))
+    };
+    assert!(
+        wait_for(
+            "API message delivered",
+            Duration::from_secs(60),
+            delivered_api
+        ),
+        "the API message did not reach the receiver"
+    );
+    let events = api_call(&serde_json::json!({
+        "port": api_port, "host": HOSTNAME, "ca": ca,
+        "requests": [{"path": "/v1/events?limit=500", "key": api_key},
+                     {"path": format!("/v1/messages/{api_id}"), "key": api_key}],
+    }));
+    assert_eq!(events[0]["status"], 200, "{}", events[0]);
+    let page = events[0]["body"].to_string();
+    assert!(page.contains("message.delivered"), "events: {page}");
+    let found = leaks(page.as_bytes(), &all_canaries());
+    assert!(found.is_empty(), "canaries in events: {found:?}\n{page}");
+    assert!(!page.contains('@'), "address in events: {page}");
+    let found = leaks(events[1].to_string().as_bytes(), &content_canaries);
+    assert!(found.is_empty(), "canaries in a status: {found:?}");
+
     // Metrics: the scrape shows the mix went through, and no canary.
     let base = format!("http://127.0.0.1:{metrics_port}");
     let (status, scrape) = http_get(&format!("{base}/metrics"));
@@ -716,4 +792,24 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         let found = leaks(&std::fs::read(&f).unwrap_or_default(), &all_canaries());
         assert!(found.is_empty(), "canaries in {}: {found:?}", f.display());
     }
+}
+
+/// Requests through the independent HTTPS client (tests/peers/api_client.py).
+fn api_call(spec: &Value) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = Command::new(PYTHON)
+        .arg(peers_dir().join("api_client.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.to_string().as_bytes())
+        .expect("spec");
+    let out = child.wait_with_output().expect("api client");
+    assert!(out.status.success(), "api client failed");
+    serde_json::from_slice(&out.stdout).expect("api client output")
 }
