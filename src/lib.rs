@@ -40,6 +40,7 @@ pub mod server;
 pub mod services;
 pub mod smtp;
 pub mod spool;
+pub mod templates;
 pub mod tls;
 pub mod types;
 pub mod webhook;

@@ -135,6 +135,8 @@ pub enum CliError {
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("api.templates_dir: {0}")]
+    Template(#[from] crate::templates::TemplateError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -146,7 +148,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config(_) | CliError::Policy(_) => 2,
+            CliError::Config(_) | CliError::Policy(_) | CliError::Template(_) => 2,
             CliError::Usage(_) => 64,
             _ => 1,
         }
@@ -211,6 +213,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     p.display(),
                     policy.mode()
                 ));
+            }
+            if let Some(d) = cfg.api.as_ref().and_then(|a| a.templates_dir.as_ref()) {
+                let t = crate::templates::Templates::load(d)?;
+                summary.push_str(&format!(", {} API templates", t.names().count()));
             }
             println!("{summary}");
             Ok(())
