@@ -54,6 +54,8 @@ pub enum ServerError {
     Delivery(#[from] crate::delivery::DeliveryError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("api.templates_dir: {0}")]
+    Templates(#[from] crate::templates::TemplateError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
@@ -221,7 +223,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             crate::metrics::http::start(mc.listen, metrics.clone(), gauges, shutdown.clone())
                 .await?;
     }
-    let api_tls = match &cfg.api {
+    let api = match &cfg.api {
         Some(api) => Some(start_api(&cfg, api, &services, &pipeline, shutdown.clone()).await?),
         None => None,
     };
@@ -285,7 +287,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             &current,
             config_path.as_deref(),
             &tls,
-            api_tls.as_ref(),
+            api.as_ref(),
             &pipeline,
             &front,
             &shared,
@@ -506,14 +508,20 @@ pub fn load_policy(cfg: &Config) -> Result<Policy, ServerError> {
     })
 }
 
-/// Start the HTTPS API on the shared pipeline; returns its TLS handle for reloads.
+/// The running API, for reloads.
+struct ApiHandle {
+    tls: ServerTls,
+    state: Arc<crate::api::http::ApiState>,
+}
+
+/// Start the HTTPS API on the shared pipeline.
 async fn start_api(
     cfg: &Config,
     api: &crate::config::ApiConfig,
     services: &Services,
     pipeline: &Arc<Pipeline>,
     shutdown: CancellationToken,
-) -> Result<ServerTls, ServerError> {
+) -> Result<ApiHandle, ServerError> {
     use crate::api::http;
     let tls = ServerTls::new(&http::tls_config(&cfg.tls, api))?;
     let keys = crate::api::keys::KeyStore::new(services.spool.store().clone());
@@ -532,15 +540,23 @@ async fn start_api(
         keys,
         cfg: api.clone(),
         hostname: cfg.server.hostname.clone(),
+        templates: std::sync::RwLock::new(Arc::new(match &api.templates_dir {
+            Some(d) => crate::templates::Templates::load(d)?,
+            None => crate::templates::Templates::empty(),
+        })),
+        idempotency: crate::api::idempotency::Idempotency::new(
+            services.spool.store().clone(),
+            api.idempotency_ttl.0,
+        ),
     });
-    http::start(state, tls.clone(), shutdown)
+    http::start(state.clone(), tls.clone(), shutdown)
         .await
         .map_err(|source| ServerError::Bind {
             name: "api".into(),
             addr: api.listen.to_string(),
             source,
         })?;
-    Ok(tls)
+    Ok(ApiHandle { tls, state })
 }
 
 /// Re-read what can change without a restart. Everything is built first and swapped
@@ -549,7 +565,7 @@ fn reload(
     current: &Config,
     path: Option<&std::path::Path>,
     tls: &ServerTls,
-    api_tls: Option<&ServerTls>,
+    api: Option<&ApiHandle>,
     pipeline: &Pipeline,
     front: &FrontEnd,
     shared: &RwLock<Arc<Shared>>,
@@ -561,8 +577,9 @@ fn reload(
     let new_shared = build_shared(&new, front)?;
     let policy = load_policy(&new)?;
     tls.reload(&new.tls)?;
-    if let (Some(t), Some(api)) = (api_tls, &new.api) {
-        t.reload(&crate::api::http::tls_config(&new.tls, api))?;
+    if let (Some(h), Some(api)) = (api, &new.api) {
+        h.tls.reload(&crate::api::http::tls_config(&new.tls, api))?;
+        h.state.reload_templates()?;
     }
     pipeline.set_policy(policy);
     pipeline.set_min_free(new.spool.min_free.0);

@@ -2,36 +2,33 @@
 //! hand the message to the same pipeline SMTP uses, and map the outcome once to a status
 //! code or a problem document.
 
+use super::idempotency::{request_hash, Begin, Idempotency, Outcome};
 use super::keys::{KeyCheck, KeyRecord, KeyStore, Scope};
-use super::model::{
-    AttemptView, RecipientResult, RecipientStatus, SendRequest, SendResponse, StatusResponse,
-};
-use super::problem::ApiError;
+use super::model::{BatchRequest, BatchResponse, BatchSent, SendRequest, SendResponse};
+use super::problem::{problem_response, ApiError, Problem};
+use super::send::{submit, Mark};
 use crate::config::ApiConfig;
-use crate::pipeline::{
-    ApiFacts, Disposition, Handoff, Pipeline, PipelineError, RcptCheck, Refusal, SenderCheck,
-    SenderVerdict, Submission,
-};
+use crate::pipeline::Pipeline;
 use crate::services::Services;
+use crate::templates::Templates;
 use crate::tls::server::ServerTls;
-use crate::types::{AuthIdentity, Envelope, MessageId, Recipient, Status, TlsInfo};
+use crate::types::{Status, TlsInfo};
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events per `GET /v1/events` page at most (and by default).
-const MAX_PAGE: usize = 500;
-const DEFAULT_PAGE: usize = 100;
+/// How often expired Idempotency-Key records are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// What every handler shares.
 pub struct ApiState {
@@ -40,22 +37,54 @@ pub struct ApiState {
     pub keys: KeyStore,
     pub cfg: ApiConfig,
     pub hostname: String,
+    /// Replaced whole on SIGHUP (`reload_templates`).
+    pub templates: RwLock<Arc<Templates>>,
+    pub idempotency: Idempotency,
+}
+
+impl ApiState {
+    pub fn templates(&self) -> Arc<Templates> {
+        match self.templates.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Load `[api] templates_dir` again (SIGHUP); a broken directory keeps the old set.
+    pub fn reload_templates(&self) -> Result<(), crate::templates::TemplateError> {
+        let Some(dir) = &self.cfg.templates_dir else {
+            return Ok(());
+        };
+        let t = Arc::new(Templates::load(dir)?);
+        match self.templates.write() {
+            Ok(mut g) => *g = t,
+            Err(p) => *p.into_inner() = t,
+        }
+        Ok(())
+    }
 }
 
 /// Facts of one HTTPS connection, for the audit trail and the envelope.
 #[derive(Clone)]
-struct Conn {
-    peer: IpAddr,
-    tls: TlsInfo,
+pub struct Conn {
+    pub peer: IpAddr,
+    pub tls: TlsInfo,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/messages", post(send))
-        .route("/v1/messages/{id}", get(status))
-        .route("/v1/events", get(events))
+        .route("/v1/messages/batch", post(batch))
+        .route("/v1/messages/{id}", get(super::status::status))
+        .route("/v1/events", get(super::status::events))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { ApiError::NotFound.into_response() })
         .with_state(state)
+}
+
+/// The contract, generated from the handlers and types (no key needed).
+async fn openapi() -> Response {
+    Json(super::openapi::document()).into_response()
 }
 
 /// Bind `[api] listen` (so a bad address fails the start) and serve until `shutdown`.
@@ -66,6 +95,20 @@ pub async fn start(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let tcp = TcpListener::bind(state.cfg.listen).await?;
     info!(addr = %state.cfg.listen, "api listening");
+    let idem = state.idempotency.clone();
+    let clock = state.services.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(e) = idem.sweep(clock.now(), 10_000) {
+                warn!(error = %e, "idempotency sweep failed");
+            }
+        }
+    });
     let app = router(state);
     Ok(tokio::spawn(async move {
         loop {
@@ -131,7 +174,7 @@ async fn serve_conn(
 }
 
 /// The caller's key, checked for `scope`.
-fn authorize(st: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<KeyRecord, ApiError> {
+pub fn authorize(st: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<KeyRecord, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -159,373 +202,229 @@ async fn read_body(body: Body, max: u64) -> Result<axum::body::Bytes, ApiError> 
         .map_err(|_| ApiError::TooLarge { max })
 }
 
-async fn send(
+/// Send one message.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+    request_body = SendRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first answer again, for 24 h")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Durable: it will be delivered or bounced", body = SendResponse),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Bad, revoked or expired key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the send scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused or in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over [api] max_body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused by policy, every recipient refused, or a template error", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Sending limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Spool full or sending suspended; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn send(
     State(st): State<Arc<ApiState>>,
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match send_inner(&st, &conn, &headers, body).await {
-        Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    post_messages(&st, &conn, &headers, body, false).await
 }
 
-async fn send_inner(
+/// Send up to `[api] max_batch` messages; one refusal does not fail the others.
+#[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
+    request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the first answer again, for 24 h")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One result per message, in order", body = BatchResponse),
+        (status = 400, description = "Malformed batch", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Bad, revoked or expired key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the send scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused or in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over [api] max_body", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn batch(
+    State(st): State<Arc<ApiState>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    post_messages(&st, &conn, &headers, body, true).await
+}
+
+fn parse_one(raw: &[u8]) -> Result<SendRequest, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::from_json(&e))
+}
+
+/// One message of a request: its size in bytes and what parsing it gave.
+type Parsed = (usize, Result<SendRequest, ApiError>);
+
+/// The messages of a request: one, or each of a batch parsed on its own.
+fn parse_messages(
+    st: &ApiState,
+    bytes: &[u8],
+    batch: bool,
+) -> Result<Vec<Parsed>, ApiError> {
+    if !batch {
+        return Ok(vec![(bytes.len(), parse_one(bytes))]);
+    }
+    let b: BatchRequest = serde_json::from_slice(bytes).map_err(|e| ApiError::from_json(&e))?;
+    let max = st.cfg.max_batch.min(crate::config::MAX_BATCH_LIMIT);
+    if b.messages.len() > max {
+        return Err(ApiError::BatchTooLarge { max });
+    }
+    if b.messages.is_empty() {
+        return Err(ApiError::Invalid("`messages` is empty".into()));
+    }
+    Ok(b.messages
+        .iter()
+        .map(|m| (m.get().len(), parse_one(m.get().as_bytes())))
+        .collect())
+}
+
+/// POST of one message or a batch: key, body, Idempotency-Key, then each message.
+async fn post_messages(
     st: &ApiState,
     conn: &Conn,
     headers: &HeaderMap,
     body: Body,
-) -> Result<SendResponse, ApiError> {
-    let key = authorize(st, headers, Scope::Send)?;
-    let bytes = read_body(body, st.cfg.max_body.0).await?;
-    let req: SendRequest = serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
-    let identity = AuthIdentity::ApiKey(key.name.clone());
-    let ident = identity.to_string();
-    match st.pipeline.check_sender(&SenderCheck {
-        identity: &identity,
-        peer: conn.peer,
-        client_cert: None,
-    }) {
-        // Limits and freezes are decided again, with their retry time, when the
-        // message is submitted (the Refused disposition below).
-        SenderVerdict::Accept | SenderVerdict::Refuse(_) => {}
-        SenderVerdict::Revoked(_) => return Err(ApiError::KeyRevoked),
-    }
-    // The whole message against the identity's limits first, so a full window is a
-    // 429 with its retry time rather than per-recipient refusals.
-    let mut domains: Vec<String> = req
-        .recipients()
-        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
-        .collect();
-    domains.sort();
-    domains.dedup();
-    let usage = crate::limits::Usage {
-        messages: 1,
-        recipients: req.recipients().count() as u64,
-        domains: &domains,
-        bytes: bytes.len() as u64,
-    };
-    if let Err(e) = st.services.limits.check(&ident, &usage, st.services.now()) {
-        st.pipeline.record_limit_refusal(&ident, "api", &e);
-        return Err(ApiError::RateLimited {
-            limit: e.limit.as_str().to_string(),
-            retry_after: e.retry_after,
-        });
-    }
-    let id = MessageId::new();
-    let built = super::mime::build(&req, st.cfg.max_recipients, &st.hostname, &id.to_string())?;
-    let listener = if key.sandbox {
-        crate::types::API_SANDBOX_LISTENER
-    } else {
-        crate::types::API_LISTENER
-    };
-    // Recipients go through the same per-recipient checks as SMTP RCPT TO.
-    let mut accepted: Vec<Recipient> = Vec::new();
-    let mut results = Vec::new();
-    for addr in req.recipients() {
-        let refused = st.pipeline.check_recipient(&RcptCheck {
-            listener,
-            auth: Some(&ident),
-            mail_from: &req.from,
-            recipient: addr,
-            accepted_so_far: accepted.len(),
-            accepted: &accepted,
-        });
-        if refused.is_none() {
-            accepted.push(Recipient::new(addr.as_str()));
-        }
-        results.push(RecipientResult {
-            address: addr.clone(),
-            status: if refused.is_none() {
-                "queued"
-            } else {
-                "rejected"
-            },
-        });
-    }
-    if accepted.is_empty() {
-        return Err(ApiError::RecipientsRefused);
-    }
-    let now = st.services.now();
-    let mut content = format!(
-        "Received: from api ([{}]) by {} with HTTPS ({}) id {id};\r\n\t{}\r\n",
-        conn.peer,
-        st.hostname,
-        conn.tls.version,
-        time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc2822)
-            .unwrap_or_default()
-    )
-    .into_bytes();
-    content.extend_from_slice(&built);
-    let envelope = Envelope {
-        mail_from: req.from.clone(),
-        params: Default::default(),
-        recipients: accepted,
-        helo: "api".into(),
-        peer_ip: conn.peer.to_string(),
-        listener: listener.to_string(),
-        auth: Some(identity),
-        tls: Some(conn.tls.clone()),
-        received_at: now,
-        tls_floor: req.tls.filter(|t| *t != crate::types::TlsLevel::Auto),
-        session: String::new(),
-    };
-    let sub = Submission {
-        id,
-        envelope,
-        content,
-        api: Some(ApiFacts {
-            key: key.name.clone(),
-            metadata: req.metadata.clone(),
-            ops: Vec::new(),
-        }),
-    };
-    let quarantined = match st.pipeline.submit_disposition(sub).await {
-        Ok(Disposition::Queued { .. }) => false,
-        Ok(Disposition::Quarantined { .. }) => true,
-        Ok(Disposition::Rejected { rule, .. }) => return Err(ApiError::Policy { rule }),
-        Ok(Disposition::Refused(Refusal::Limit(e))) => {
-            return Err(ApiError::RateLimited {
-                limit: e.limit.as_str().to_string(),
-                retry_after: e.retry_after,
-            })
-        }
-        Ok(Disposition::Refused(Refusal::Frozen)) => return Err(ApiError::Suspended),
-        Ok(Disposition::Refused(Refusal::Revoked)) => return Err(ApiError::KeyRevoked),
-        Err(PipelineError::StorageFull { .. } | PipelineError::Spool(_)) => {
-            return Err(ApiError::StorageFull)
-        }
-        Err(_) => return Err(ApiError::Internal),
-    };
-    if quarantined {
-        for r in results.iter_mut().filter(|r| r.status == "queued") {
-            r.status = "quarantined";
-        }
-    }
-    Ok(SendResponse {
-        id: id.to_string(),
-        recipients: results,
-    })
-}
-
-async fn status(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    batch: bool,
 ) -> Response {
-    match status_inner(&st, &headers, &id) {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Does `key` belong to the owner of the key that sent `env`?
-fn same_owner(st: &ApiState, key: &KeyRecord, env: &Envelope) -> bool {
-    let Some(AuthIdentity::ApiKey(sender)) = &env.auth else {
-        return false;
+    let key = match authorize(st, headers, Scope::Send) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
     };
-    owner_matches(st, key, sender)
-}
-
-fn owner_matches(st: &ApiState, key: &KeyRecord, sender: &str) -> bool {
-    sender == key.name || matches!(st.keys.get(sender), Ok(Some(k)) if k.owner == key.owner)
-}
-
-/// Status of a message whose content is gone, from its events (no addresses left).
-fn status_from_events(
-    st: &ApiState,
-    key: &KeyRecord,
-    id: MessageId,
-) -> Result<StatusResponse, ApiError> {
-    let events = st
-        .services
-        .events
-        .for_message(&id)
-        .map_err(|_| ApiError::Internal)?;
-    let sender = events
-        .iter()
-        .find_map(|e| e.owner.as_deref()?.strip_prefix("api:"))
-        .ok_or(ApiError::NotFound)?;
-    if !owner_matches(st, key, sender) {
-        return Err(ApiError::NotFound);
-    }
-    let secs = |ms: u64| ms / 1000;
-    let received = events.first().map(|e| secs(e.created_ms)).unwrap_or(0);
-    let updated = events.last().map(|e| secs(e.created_ms)).unwrap_or(0);
-    let mut recipients: Vec<RecipientStatus> = Vec::new();
-    for e in &events {
-        let Some(index) = e.recipient_index.map(|i| i as usize) else {
-            continue;
-        };
-        while recipients.len() <= index {
-            recipients.push(RecipientStatus {
-                index: recipients.len(),
-                address: None,
-                state: "queued".into(),
-                reason: None,
-                attempts: 0,
-                next_attempt: None,
-                history: Vec::new(),
-            });
-        }
-        let r = &mut recipients[index];
-        r.state = e
-            .kind
-            .strip_prefix("message.")
-            .unwrap_or(&e.kind)
-            .to_string();
-        let text = |k: &str| {
-            e.data
-                .get(k)
-                .and_then(|v| v.as_str())
-                .filter(|v| !v.is_empty())
-        };
-        if matches!(r.state.as_str(), "delivered" | "deferred" | "bounced") {
-            r.attempts += 1;
-            r.history.push(AttemptView {
-                at: secs(e.created_ms),
-                outcome: e
-                    .data
-                    .get("code")
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                host: text("mx_host").map(str::to_string),
-                tls_version: text("tls_version").map(str::to_string),
-                verification: text("method").map(str::to_string),
-            });
-        }
-    }
-    let done = !recipients.is_empty()
-        && recipients
-            .iter()
-            .all(|r| matches!(r.state.as_str(), "delivered" | "bounced" | "expired"));
-    Ok(StatusResponse {
-        id: id.to_string(),
-        received_at: received,
-        updated_at: updated,
-        done_at: done.then_some(updated),
-        recipients,
-    })
-}
-
-fn status_inner(st: &ApiState, headers: &HeaderMap, id: &str) -> Result<StatusResponse, ApiError> {
-    let key = authorize(st, headers, Scope::Read)?;
-    let id: MessageId = id.parse().map_err(|_| ApiError::NotFound)?;
-    let spool = &st.services.spool;
-    // Another owner's message answers like a missing one: no existence oracle.
-    let Ok(env) = spool.envelope(&id) else {
-        // Content (and with it the envelope) is shredded once every recipient is
-        // final: the durable events still tell what happened.
-        return status_from_events(st, &key, id);
+    let bytes = match read_body(body, st.cfg.max_body.0).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
-    if !same_owner(st, &key, &env) {
-        return Err(ApiError::NotFound);
-    }
-    let states = spool.recipients(&id).map_err(|_| ApiError::NotFound)?;
-    let mut updated = env.received_at;
-    let mut recipients = Vec::new();
-    for (index, s) in states.iter().enumerate() {
-        let (state, reason, next) = match &s.status {
-            Status::Queued => ("queued", None, Some(s.next_attempt)),
-            Status::InFlight => ("queued", None, None),
-            Status::Deferred {
-                next_attempt,
-                reason,
-            } => ("deferred", Some(reason.clone()), Some(*next_attempt)),
-            Status::Delivered { .. } => ("delivered", None, None),
-            Status::Bounced { reason } => ("bounced", Some(reason.clone()), None),
-            Status::Expired { reason } => ("expired", Some(reason.clone()), None),
-            Status::Quarantined { rule } => ("quarantined", Some(rule.clone()), None),
-        };
-        let history: Vec<AttemptView> = s
-            .history
-            .iter()
-            .map(|a| {
-                updated = updated.max(a.at);
-                AttemptView {
-                    at: a.at,
-                    outcome: a.outcome.clone(),
-                    host: a.host.clone(),
-                    tls_version: a.tls_version.clone(),
-                    verification: a.method.clone(),
+    let (sizes, reqs): (Vec<usize>, Vec<_>) = match parse_messages(st, &bytes, batch) {
+        Ok(r) => r.into_iter().unzip(),
+        Err(e) => return e.into_response(),
+    };
+    let idem_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if super::idempotency::valid_key(k) => Some(k),
+        Some(_) => return ApiError::BadIdempotencyKey.into_response(),
+    };
+    let route = if batch {
+        "/v1/messages/batch"
+    } else {
+        "/v1/messages"
+    };
+    let (slot, done) = match idem_key {
+        None => (None, Default::default()),
+        Some(k) => {
+            let hash = request_hash(route, &bytes);
+            match st.idempotency.begin(&key.owner, k, hash, st.services.now()) {
+                Ok(Begin::Replay(outcomes)) => {
+                    let mut r = answer(&reqs, &outcomes, batch);
+                    r.headers_mut()
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    return r;
                 }
-            })
-            .collect();
-        recipients.push(RecipientStatus {
-            index,
-            address: env.recipients.get(index).map(|r| r.address.clone()),
-            state: state.to_string(),
-            reason,
-            attempts: s.attempts,
-            next_attempt: next,
-            history,
-        });
-    }
-    let done = states.iter().all(|s| s.status.is_final());
-    Ok(StatusResponse {
-        id: id.to_string(),
-        received_at: env.received_at,
-        updated_at: updated,
-        done_at: done.then_some(updated),
-        recipients,
-    })
-}
-
-async fn events(State(st): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
-    match events_inner(&st, &headers, &uri) {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn events_inner(
-    st: &ApiState,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<serde_json::Value, ApiError> {
-    let key = authorize(st, headers, Scope::Read)?;
-    let mut after = None;
-    let mut limit = DEFAULT_PAGE;
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "after" if !v.is_empty() => {
-                after = Some(v.parse::<u64>().map_err(|_| {
-                    ApiError::Invalid("`after` must be a cursor from an earlier page".into())
-                })?)
+                Ok(Begin::Run { slot, done }) => (Some(slot), done),
+                Err(e) => return e.into_response(),
             }
-            "after" => {}
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::Invalid(format!("`limit` must be 1..={MAX_PAGE}")))?
+        }
+    };
+    let mut outcomes = Vec::with_capacity(reqs.len());
+    for (index, req) in reqs.iter().enumerate() {
+        let outcome = if let Some((id, statuses)) = done.get(&index) {
+            // Sent by an earlier attempt with this key: report it, do not send again.
+            Outcome::Sent {
+                id: id.clone(),
+                statuses: current_statuses(st, id, statuses),
             }
-            _ => return Err(ApiError::Invalid("unknown query parameter".into())),
+        } else {
+            let res = match req {
+                Ok(req) => {
+                    let mark = slot.as_ref().map(|slot| Mark { slot, index });
+                    submit(st, conn, &key, req, sizes[index], mark).await
+                }
+                Err(e) => Err(e.clone()),
+            };
+            match res {
+                Ok(r) => Outcome::Sent {
+                    id: r.id,
+                    statuses: r.recipients.into_iter().map(|r| r.status).collect(),
+                },
+                Err(e) => Outcome::Problem {
+                    status: e.status().as_u16(),
+                    problem: serde_json::to_value(e.problem()).unwrap_or_default(),
+                },
+            }
+        };
+        outcomes.push(outcome);
+    }
+    if let Some(slot) = slot {
+        if let Err(e) = st.idempotency.finish(slot, &outcomes, st.services.now()) {
+            // The messages are durable; only the replay record is missing (a retry
+            // still finds their markers).
+            warn!(error = %e, "idempotency answer not stored");
         }
     }
-    let owner = AuthIdentity::ApiKey(key.name.clone()).to_string();
-    let page = st
-        .services
-        .events
-        .page(after, limit, Some(&owner))
-        .map_err(|_| ApiError::Internal)?;
-    // Addresses stay out of event pages (as out of webhooks without include_addresses).
-    let list: Vec<serde_json::Value> = page.events.iter().map(|e| e.to_json(false)).collect();
-    Ok(serde_json::json!({
-        "events": list,
-        "next": page.next.map(|c| c.to_string()),
-    }))
+    answer(&reqs, &outcomes, batch)
 }
 
+/// The statuses an earlier attempt recorded, with a quarantine since then shown.
+fn current_statuses(st: &ApiState, id: &str, recorded: &[String]) -> Vec<String> {
+    let held = id
+        .parse()
+        .ok()
+        .and_then(|id| st.services.spool.recipients(&id).ok())
+        .is_some_and(|rs| {
+            rs.iter()
+                .any(|r| matches!(r.status, Status::Quarantined { .. }))
+        });
+    recorded
+        .iter()
+        .map(|s| match s.as_str() {
+            "queued" if held => "quarantined".to_string(),
+            _ => s.clone(),
+        })
+        .collect()
+}
+
+/// The response for `outcomes`, addresses taken from the request itself (the same body
+/// on a replay: the hash matched).
+fn answer(reqs: &[Result<SendRequest, ApiError>], outcomes: &[Outcome], batch: bool) -> Response {
+    let sent = |req: Option<&SendRequest>, id: &str, statuses: &[String]| SendResponse {
+        id: id.to_string(),
+        recipients: statuses
+            .iter()
+            .zip(req.into_iter().flat_map(|r| r.recipients()))
+            .map(|(s, a)| super::model::RecipientResult {
+                address: a.clone(),
+                status: s.clone(),
+            })
+            .collect(),
+    };
+    if !batch {
+        return match outcomes.first() {
+            Some(Outcome::Sent { id, statuses }) => {
+                let req = reqs.first().and_then(|r| r.as_ref().ok());
+                (StatusCode::ACCEPTED, Json(sent(req, id, statuses))).into_response()
+            }
+            Some(Outcome::Problem { problem, .. }) => problem_response(problem),
+            None => ApiError::Internal.into_response(),
+        };
+    }
+    let results = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o {
+            Outcome::Sent { id, statuses } => {
+                let r = sent(reqs.get(i).and_then(|r| r.as_ref().ok()), id, statuses);
+                serde_json::to_value(BatchSent {
+                    status: 202,
+                    id: r.id,
+                    recipients: r.recipients,
+                })
+                .unwrap_or_default()
+            }
+            Outcome::Problem { problem, .. } => problem.clone(),
+        })
+        .collect();
+    Json(BatchResponse { results }).into_response()
+}
 /// The API's TLS settings: its own certificate if `[api]` names one, else `[tls]`'s;
 /// never a client-certificate request (keys authenticate API callers).
 pub fn tls_config(tls: &crate::config::TlsConfig, api: &ApiConfig) -> crate::config::TlsConfig {

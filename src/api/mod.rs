@@ -1,13 +1,19 @@
 //! The HTTPS submission API (L3): a second front end on the same pipeline as SMTP.
 //! `keys` is the API key store (`phigate api-key`), `model` the JSON contract of `/v1`,
 //! `mime` turns a request into a message, `problem` maps every error once to RFC 9457.
-//! `http` is the HTTPS listener and the handlers.
+//! `http` is the HTTPS listener and the POST handlers, `send` one message's way into the
+//! pipeline, `status` the read routes, `idempotency` the Idempotency-Key records and
+//! `openapi` the generated contract.
 
 pub mod http;
+pub mod idempotency;
 pub mod keys;
 pub mod mime;
 pub mod model;
+pub mod openapi;
 pub mod problem;
+pub mod send;
+pub mod status;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,14 @@
 //! Request and response bodies of `/v1` (the JSON contract).
 
+//! The types carry their OpenAPI schemas (`utoipa::ToSchema`): `GET /v1/openapi.json` is
+//! generated from them, so the document cannot drift from what the handlers accept.
+
 use crate::types::TlsLevel;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
     pub filename: String,
@@ -12,7 +16,7 @@ pub struct Attachment {
     pub content_base64: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortalMode {
     #[default]
@@ -22,7 +26,7 @@ pub enum PortalMode {
 }
 
 /// `POST /v1/messages`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub from: String,
@@ -48,9 +52,18 @@ pub struct SendRequest {
     pub metadata: BTreeMap<String, String>,
     /// `auto` or a higher floor (`encrypt`, `verify`, `dane-only`).
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "verify")]
     pub tls: Option<TlsLevel>,
+    /// `auto` and `never`: no portal on this gateway yet; `always` is refused (422).
     #[serde(default)]
     pub portal: PortalMode,
+    /// An admin template (`[api] templates_dir`) for subject, text and html.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Values the template sees.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub template_values: serde_json::Map<String, serde_json::Value>,
 }
 
 impl SendRequest {
@@ -60,21 +73,83 @@ impl SendRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RecipientResult {
     pub address: String,
     /// `queued`, `quarantined` or `rejected`.
-    pub status: &'static str,
+    pub status: String,
 }
 
 /// The `202` answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SendResponse {
     pub id: String,
     pub recipients: Vec<RecipientResult>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// `POST /v1/messages/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Each one parsed on its own, so one bad message fails alone.
+    #[schema(value_type = Vec<SendRequest>)]
+    pub messages: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// One message of a batch that was accepted: the `202` answer with its status.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchSent {
+    /// Always 202.
+    pub status: u16,
+    pub id: String,
+    pub recipients: Vec<RecipientResult>,
+}
+
+/// One message of a batch: accepted, or the problem document it would have had alone.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Sent(BatchSent),
+    Refused(super::problem::Problem),
+}
+
+/// The batch answer (`200`): one result per message, in order.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchResponse {
+    #[schema(value_type = Vec<BatchResult>)]
+    pub results: Vec<serde_json::Value>,
+}
+
+/// One event, as `GET /v1/events` and webhooks show it (without addresses).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    /// `evt_<cursor>`: the same event always has the same id.
+    pub id: String,
+    /// `message.queued`, `message.deferred`, `message.delivered`, `message.bounced`,
+    /// `message.expired`, `message.quarantined`, `message.released`, `message.deleted`,
+    /// `security.alert`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RFC 3339.
+    pub created: String,
+    pub message_id: Option<String>,
+    pub recipient_index: Option<u32>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventsPage {
+    #[schema(value_type = Vec<EventView>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `after` for the next page; null when there is nothing newer yet.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AttemptView {
     pub at: u64,
     pub outcome: String,
@@ -86,7 +161,7 @@ pub struct AttemptView {
     pub verification: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RecipientStatus {
     pub index: usize,
     /// Absent once the content was crypto-shredded (the address went with it).
@@ -102,7 +177,7 @@ pub struct RecipientStatus {
 }
 
 /// `GET /v1/messages/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StatusResponse {
     pub id: String,
     pub received_at: u64,

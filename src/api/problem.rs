@@ -45,11 +45,25 @@ pub enum ApiError {
     StorageFull,
     #[error("the secure portal is not available on this gateway")]
     PortalUnavailable,
+    #[error("at most {max} messages per batch")]
+    BatchTooLarge { max: usize },
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    BadIdempotencyKey,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyInProgress,
+    #[error("no template named `{0}`")]
+    UnknownTemplate(String),
+    /// The reason is the template engine's error kind and line, never a value.
+    #[error("template `{name}` could not be rendered: {reason}")]
+    Template { name: String, reason: String },
     #[error("internal error, try again later")]
     Internal,
 }
 
-#[derive(Debug, Serialize)]
+/// RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -126,6 +140,39 @@ impl ApiError {
                 "Portal unavailable",
                 None,
             ),
+            ApiError::BatchTooLarge { .. } => {
+                (S::BAD_REQUEST, "batch-too-large", "Batch too large", None)
+            }
+            ApiError::BadIdempotencyKey => (
+                S::BAD_REQUEST,
+                "bad-idempotency-key",
+                "Bad Idempotency-Key",
+                None,
+            ),
+            ApiError::IdempotencyConflict => (
+                S::CONFLICT,
+                "idempotency-conflict",
+                "Idempotency-Key reused",
+                None,
+            ),
+            ApiError::IdempotencyInProgress => (
+                S::CONFLICT,
+                "idempotency-in-progress",
+                "Request in progress",
+                Some(1),
+            ),
+            ApiError::UnknownTemplate(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "unknown-template",
+                "Unknown template",
+                None,
+            ),
+            ApiError::Template { .. } => (
+                S::UNPROCESSABLE_ENTITY,
+                "template-error",
+                "Template error",
+                None,
+            ),
             ApiError::Internal => (
                 S::SERVICE_UNAVAILABLE,
                 "internal",
@@ -172,22 +219,32 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let p = self.problem();
-        let body = serde_json::to_vec(&p).unwrap_or_default();
-        let mut resp = (self.status(), body).into_response();
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(s) = p.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                h.insert(header::RETRY_AFTER, v);
-            }
-        }
-        if p.status == 401 {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
+        problem_response(&serde_json::to_value(self.problem()).unwrap_or_default())
     }
+}
+
+/// A problem document as a response (also for one replayed under an Idempotency-Key):
+/// its status, Retry-After from `retry_after`, and the Bearer challenge on 401.
+pub fn problem_response(p: &serde_json::Value) -> Response {
+    let status = p
+        .get("status")
+        .and_then(|s| s.as_u64())
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(p).unwrap_or_default();
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(s) = p.get("retry_after").and_then(|s| s.as_u64()) {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            h.insert(header::RETRY_AFTER, v);
+        }
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
 }
