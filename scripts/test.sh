@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 need_install() {
   for bin in swaks openssl testssl tshark /usr/sbin/postfix /usr/sbin/sendmail /usr/bin/python3 \
-    knotd kdig ldns-keygen ldns-signzone systemd-analyze dpkg-deb /usr/sbin/rsyslogd; do
+    knotd kdig ldns-keygen ldns-signzone systemd-analyze dpkg-deb /usr/sbin/rsyslogd curl; do
     command -v "$bin" >/dev/null 2>&1 || return 0
   done
   # swaks needs IO::Socket::SSL for --tls.
@@ -21,15 +21,17 @@ need_install() {
   /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || return 0
   # tests/peers/oracle_store.py (the independent reader of tests/oracles.rs).
   /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || return 0
+  # tests/peers/openapi_check.py (responses against the API's OpenAPI document).
+  /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || return 0
   return 1
 }
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
@@ -40,7 +42,7 @@ if need_install; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
       knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
-      python3-aiosmtpd python3-cryptography testssl.sh tshark rsyslog \
+      python3-aiosmtpd python3-cryptography python3-jsonschema curl testssl.sh tshark rsyslog \
       >/dev/null
   fi
 fi

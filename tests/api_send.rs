@@ -6,8 +6,7 @@ mod common;
 
 use common::{require_tool, Gateway, GwOpts, HOSTNAME};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Api {
@@ -22,14 +21,20 @@ fn start(max_body: &str) -> Option<Api> {
 
 /// A gateway with the API on, `extra` config sections appended.
 fn start_with(max_body: &str, extra: &str) -> Option<Api> {
+    let mut opts = GwOpts::spool();
+    opts.server_extra += extra;
+    launch(opts, &format!("max_body = \"{max_body}\"\n"))
+}
+
+/// Start `opts` with `[api]` on (a sandbox key written at start), `api_extra` lines
+/// added to `[api]`.
+fn launch(mut opts: GwOpts, api_extra: &str) -> Option<Api> {
     if !require_tool("python3") {
         return None;
     }
     let port = common::free_port();
-    let mut opts = GwOpts::spool();
-    opts.server_extra += extra;
     opts.server_extra += &format!(
-        "\n[api]\nlisten = \"127.0.0.1:{port}\"\nmax_body = \"{max_body}\"\nmax_recipients = 3\nsandbox_key_file = \"KEYFILE\"\n"
+        "\n[api]\nlisten = \"127.0.0.1:{port}\"\nmax_recipients = 3\nsandbox_key_file = \"KEYFILE\"\n{api_extra}"
     );
     let mut gw = Gateway::configure(opts);
     let key_file = gw.tmp.path().join("api-key");
@@ -56,32 +61,77 @@ fn start_with(max_body: &str, extra: &str) -> Option<Api> {
 }
 
 impl Api {
-    fn call(&self, requests: Vec<Value>) -> Vec<Value> {
-        let spec = json!({
+    fn spec(&self, requests: Vec<Value>) -> Value {
+        json!({
             "port": self.port,
             "host": HOSTNAME,
             "ca": self.gw.pki.ca,
             "requests": requests,
-        });
-        let mut child = Command::new("python3")
-            .arg(common::peers_dir().join("api_client.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(spec.to_string().as_bytes())
-            .expect("write spec");
-        let out = child.wait_with_output().expect("client");
-        assert!(out.status.success(), "api client failed");
-        serde_json::from_slice(&out.stdout).expect("client output")
+        })
+    }
+
+    /// Requests in order through Python's http.client.
+    fn call(&self, requests: Vec<Value>) -> Vec<Value> {
+        let out = common::run_python(
+            &common::peers_dir().join("api_client.py"),
+            &self.spec(requests),
+        );
+        serde_json::from_value(out).expect("client output")
+    }
+
+    /// The same requests all at once, each on its own connection.
+    fn call_parallel(&self, requests: Vec<Value>) -> Vec<Value> {
+        let mut spec = self.spec(requests);
+        spec["parallel"] = json!(true);
+        let out = common::run_python(&common::peers_dir().join("api_client.py"), &spec);
+        serde_json::from_value(out).expect("client output")
     }
 
     fn one(&self, req: Value) -> Value {
         self.call(vec![req]).remove(0)
+    }
+
+    /// POST `body` with curl (certificate verified for HOSTNAME); returns the status,
+    /// the response headers (lower-cased) and the JSON body.
+    fn curl_post(&self, path: &str, body: &Value, headers: &[&str]) -> (u16, String, Value) {
+        assert!(require_tool("curl"), "curl is needed");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body_file = dir.path().join("body.json");
+        let head_file = dir.path().join("headers.txt");
+        std::fs::write(&body_file, body.to_string()).expect("body");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--cacert"])
+            .arg(&self.gw.pki.ca)
+            .arg("--resolve")
+            .arg(format!("{HOSTNAME}:{}:127.0.0.1", self.port))
+            .arg("-D")
+            .arg(&head_file)
+            .args(["-o", "-", "-w", "\n%{http_code}"])
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", self.key))
+            .args(["-H", "Content-Type: application/json"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", body_file.display()))
+            .arg(format!("https://{HOSTNAME}:{}{path}", self.port));
+        let out = cmd.output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json_text, code) = text.rsplit_once('\n').expect("status line");
+        let heads = std::fs::read_to_string(&head_file)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        (
+            code.trim().parse().expect("status"),
+            heads,
+            serde_json::from_str(json_text).unwrap_or(Value::Null),
+        )
     }
 }
 
@@ -341,4 +391,376 @@ fn sending_limit_is_429_with_retry_after() {
         .expect("Retry-After");
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(api.gw.wait_messages(1, Duration::from_secs(10)).len(), 1);
+}
+
+/// The parts of a sandbox copy, decoded (an independent parser: mail-parser).
+fn parts(eml: &[u8]) -> (String, String, String) {
+    let m = mail_parser::MessageParser::default()
+        .parse(eml)
+        .expect("MIME message");
+    (
+        m.subject().unwrap_or_default().to_string(),
+        m.body_text(0).map(|t| t.to_string()).unwrap_or_default(),
+        m.body_html(0).map(|t| t.to_string()).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn templates_render_escaped_and_bad_ones_are_refused() {
+    let tdir = tempfile::tempdir().expect("tempdir");
+    let t = tdir.path();
+    std::fs::write(t.join("appt.subject"), "Appointment on {{ day }}\n").expect("t");
+    std::fs::write(t.join("appt.txt"), "Dear {{ name }}, see you on {{ day }}.").expect("t");
+    std::fs::write(
+        t.join("appt.html"),
+        "<p>Dear {{ name }}, see you on {{ day }}.</p>",
+    )
+    .expect("t");
+    let Some(api) = launch(
+        GwOpts::spool(),
+        &format!("templates_dir = \"{}\"\n", t.display()),
+    ) else {
+        return;
+    };
+    let send = |values: Value, extra: Value| {
+        let mut body = json!({"from": "ehr@clinic.example", "to": ["pat@example.org"],
+                              "template": "appt", "template_values": values});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        json!({"method": "POST", "path": "/v1/messages", "key": api.key, "body": body})
+    };
+    let r = api.one(send(
+        json!({"name": "<script>alert(1)</script> & Co", "day": "Monday"}),
+        json!({}),
+    ));
+    assert_eq!(r["status"], 202, "{r}");
+    let msgs = api.gw.wait_messages(1, Duration::from_secs(30));
+    let (subject, text, html) = parts(&msgs[0].1);
+    assert_eq!(subject, "Appointment on Monday");
+    assert_eq!(
+        text.trim_end(),
+        "Dear <script>alert(1)</script> & Co, see you on Monday."
+    );
+    assert!(
+        html.contains("Dear &lt;script&gt;alert(1)&lt;&#x2f;script&gt; &amp; Co"),
+        "HTML values are escaped: {html}"
+    );
+    assert!(!html.contains("<script>"));
+
+    let answers = api.call(vec![
+        send(json!({"name": "X"}), json!({"template": "nope"})),
+        send(json!({"name": "PHI-CANARY-7"}), json!({})),
+        send(
+            json!({"name": "X", "day": "Mon"}),
+            json!({"subject": "also"}),
+        ),
+    ]);
+    let kinds: Vec<(u64, &str)> = answers
+        .iter()
+        .map(|a| {
+            (
+                a["status"].as_u64().unwrap_or(0),
+                a["body"]["type"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (422, "urn:phigate:problem:unknown-template"),
+            (422, "urn:phigate:problem:template-error"),
+            (400, "urn:phigate:problem:invalid-request"),
+        ],
+        "{answers:?}"
+    );
+    assert!(
+        !answers[1].to_string().contains("PHI-CANARY"),
+        "a render error echoes no value"
+    );
+
+    // check-config compiles the templates and names the broken file; a SIGHUP with a
+    // broken template keeps the working set.
+    let ok = api.gw.cli_ok(&["check-config"]);
+    assert!(ok.contains("1 API templates"), "{ok}");
+    std::fs::write(t.join("bad.html"), "{% if %}").expect("bad");
+    let bad = api.gw.cli(&["check-config"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("api.templates_dir") && err.contains("bad.html"),
+        "{err}"
+    );
+    api.gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let again = api.one(send(json!({"name": "B", "day": "Tuesday"}), json!({})));
+    assert_eq!(again["status"], 202, "{again}");
+    assert_eq!(api.gw.wait_messages(2, Duration::from_secs(30)).len(), 2);
+}
+
+#[test]
+fn batch_and_idempotency_keys() {
+    let Some(mut api) = launch(GwOpts::spool(), "max_batch = 3\n") else {
+        return;
+    };
+    let mut bad = message();
+    bad["attachments"][0]["content_base64"] = json!("***");
+    let batch = json!({"messages": [message(), bad, message()]});
+    // curl, the other independent client.
+    let (code, heads, body) =
+        api.curl_post("/v1/messages/batch", &batch, &["Idempotency-Key: batch-1"]);
+    assert_eq!(code, 200, "{body}");
+    let res = body["results"].as_array().expect("results");
+    let statuses: Vec<u64> = res
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [202, 400, 202], "{body}");
+    assert_eq!(res[1]["type"], "urn:phigate:problem:bad-base64");
+    assert_eq!(res[0]["recipients"][0]["address"], "pat@example.org");
+    assert!(!heads.contains("idempotent-replayed"));
+    let (code, heads, again) =
+        api.curl_post("/v1/messages/batch", &batch, &["Idempotency-Key: batch-1"]);
+    assert_eq!((code, &again), (200, &body), "the first answer again");
+    assert!(heads.contains("idempotent-replayed: true"), "{heads}");
+    let four = json!({"messages": [message(), message(), message(), message()]});
+    let (code, _, over) = api.curl_post("/v1/messages/batch", &four, &[]);
+    assert_eq!(code, 400);
+    assert_eq!(over["type"], "urn:phigate:problem:batch-too-large");
+
+    let keyed = |k: &str, body: Value| {
+        json!({"method": "POST", "path": "/v1/messages", "key": api.key, "body": body,
+               "headers": {"Idempotency-Key": k}})
+    };
+    let mut other = message();
+    other["subject"] = json!("Something else");
+    let r = api.call(vec![
+        keyed("k-1", message()),
+        keyed("k-1", message()),
+        keyed("k-1", other),
+        keyed("bad key with spaces", message()),
+    ]);
+    assert_eq!(r[0]["status"], 202, "{}", r[0]);
+    let first = r[0]["body"]["id"].as_str().expect("id").to_string();
+    assert_eq!(r[1]["status"], 202);
+    assert_eq!(
+        r[1]["body"], r[0]["body"],
+        "same key, same body: same answer"
+    );
+    assert_eq!(r[1]["replayed"], "true");
+    assert_eq!(r[2]["status"], 409);
+    assert_eq!(
+        r[2]["body"]["type"],
+        "urn:phigate:problem:idempotency-conflict"
+    );
+    assert_eq!(r[3]["status"], 400);
+    assert_eq!(
+        r[3]["body"]["type"],
+        "urn:phigate:problem:bad-idempotency-key"
+    );
+
+    // Concurrent duplicates: one message, the others wait for nothing and get 409 or
+    // the same answer.
+    let par = api.call_parallel((0..6).map(|_| keyed("k-par", message())).collect());
+    let ids: Vec<&str> = par
+        .iter()
+        .filter(|a| a["status"] == 202)
+        .map(|a| a["body"]["id"].as_str().unwrap_or(""))
+        .collect();
+    assert!(!ids.is_empty(), "{par:?}");
+    assert!(ids.iter().all(|i| *i == ids[0]), "one message: {par:?}");
+    for a in par.iter().filter(|a| a["status"] != 202) {
+        assert_eq!(a["status"], 409, "{a}");
+        assert_eq!(
+            a["body"]["type"],
+            "urn:phigate:problem:idempotency-in-progress"
+        );
+    }
+
+    // The answer survives kill -9.
+    api.gw.wait_messages(4, Duration::from_secs(30));
+    api.gw.kill();
+    api.gw.restart("info");
+    let after = api.one(keyed("k-1", message()));
+    assert_eq!(after["status"], 202, "{after}");
+    assert_eq!(after["body"]["id"], first.as_str());
+    assert_eq!(after["replayed"], "true");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        api.gw.messages_now().len(),
+        4,
+        "2 from the batch, 1 per idempotency key, no duplicate"
+    );
+}
+
+#[test]
+fn openapi_document_describes_real_responses() {
+    if !require_tool("python3") {
+        return;
+    }
+    let Some(api) = start("4K") else { return };
+    let docr = api.one(json!({"path": "/v1/openapi.json"}));
+    assert_eq!(docr["status"], 200, "served without a key");
+    let doc = docr["body"].clone();
+    let post = |path: &str, body: Value| json!({"method": "POST", "path": path, "key": api.key, "body": body});
+    let sent = api.one(post("/v1/messages", message()));
+    let id = sent["body"]["id"].as_str().expect("id").to_string();
+    let mut big = message();
+    big["text"] = json!("x".repeat(8000));
+    let reqs = vec![
+        (post("/v1/messages", message()), "/v1/messages"),
+        (post("/v1/messages", json!("{nope")), "/v1/messages"),
+        (
+            json!({"method": "POST", "path": "/v1/messages", "body": message()}),
+            "/v1/messages",
+        ),
+        (post("/v1/messages", big), "/v1/messages"),
+        (
+            post(
+                "/v1/messages",
+                json!({"from": "a@b.example", "to": ["c@d.example"], "template": "none"}),
+            ),
+            "/v1/messages",
+        ),
+        (
+            post(
+                "/v1/messages/batch",
+                json!({"messages": [message(), {"from": 1}]}),
+            ),
+            "/v1/messages/batch",
+        ),
+        (
+            json!({"path": format!("/v1/messages/{id}"), "key": api.key}),
+            "/v1/messages/{id}",
+        ),
+        (
+            json!({"path": "/v1/messages/01ARZ3NDEKTSV4RRFFQ69G5FAV", "key": api.key}),
+            "/v1/messages/{id}",
+        ),
+        (
+            json!({"path": "/v1/events?limit=5", "key": api.key}),
+            "/v1/events",
+        ),
+        (
+            json!({"path": "/v1/events?after=x", "key": api.key}),
+            "/v1/events",
+        ),
+    ];
+    let answers = api.call(reqs.iter().map(|r| r.0.clone()).collect());
+    let seen: Vec<u64> = answers
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        seen,
+        [202, 400, 401, 413, 422, 200, 200, 404, 200, 400],
+        "{answers:?}"
+    );
+    let mut cases: Vec<Value> = reqs
+        .iter()
+        .zip(&answers)
+        .map(|((req, path), a)| {
+            json!({"method": req["method"].as_str().unwrap_or("GET"), "path": path,
+                   "status": a["status"], "content_type": a["content_type"], "body": a["body"]})
+        })
+        .collect();
+    let check = |cases: &[Value]| -> Vec<String> {
+        let out = common::run_python(
+            &common::peers_dir().join("openapi_check.py"),
+            &json!({"doc": doc, "cases": cases}),
+        );
+        serde_json::from_value(out["errors"].clone()).expect("errors")
+    };
+    let errors = check(&cases);
+    assert!(errors.is_empty(), "responses off the contract: {errors:#?}");
+    // The checker can fail: an undocumented status and a body off its schema.
+    cases.truncate(1);
+    cases.push(
+        json!({"method": "POST", "path": "/v1/messages", "status": 418,
+                      "content_type": "application/json", "body": {}}),
+    );
+    cases.push(
+        json!({"method": "POST", "path": "/v1/messages", "status": 202,
+                      "content_type": "application/json", "body": {"id": 5}}),
+    );
+    let errors = check(&cases);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("418: status not documented"))
+            && errors.iter().any(|e| e.contains("202: 5 is not of type")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn status_follows_delivery_to_a_real_receiving_mta() {
+    if !require_tool("python3") {
+        return;
+    }
+    let sink_port = common::free_port();
+    let mut opts = GwOpts::spool();
+    opts.delivery = Some(format!(
+        "mode = \"mx\"\ntls_level = \"encrypt\"\nconnect_timeout = \"5s\"\n\
+         [delivery.domains.\"x.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n"
+    ));
+    let Some(api) = launch(opts, "") else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = api.gw.pki.new_server_cert();
+    std::fs::write(work.path().join("mx.pem"), cert).expect("cert");
+    std::fs::write(work.path().join("mx.key"), key).expect("key");
+    let inbox = work.path().join("inbox");
+    std::fs::create_dir_all(&inbox).expect("inbox");
+    let log = work.path().join("sink.log");
+    let mut sink = Command::new(common::PYTHON)
+        .arg(common::peers_dir().join("tls_sink.py"))
+        .arg(sink_port.to_string())
+        .arg(work.path().join("mx.pem"))
+        .arg(work.path().join("mx.key"))
+        .arg(&inbox)
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("tls_sink.py");
+    let ready = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready")) {
+        assert!(
+            Instant::now() < ready,
+            "tls_sink.py did not start (python3-aiosmtpd?)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A real (non-sandbox) key: its mail goes out through the delivery engine.
+    let app = api
+        .gw
+        .cli_ok(&["api-key", "create", "app", "--scope", "send,read"]);
+    let app = app.trim();
+    let mut msg = message();
+    msg["to"] = json!(["pat@x.test", "bounce-1@x.test"]);
+    msg["cc"] = json!([]);
+    let r = api.one(json!({"method": "POST", "path": "/v1/messages", "key": app, "body": msg}));
+    assert_eq!(r["status"], 202, "{r}");
+    let id = r["body"]["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = api.one(json!({"path": format!("/v1/messages/{id}"), "key": app}));
+        assert_eq!(s["status"], 200, "{s}");
+        if s["body"]["done_at"].is_u64() || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let rs = &s["body"]["recipients"];
+    assert_eq!(rs[0]["state"], "delivered", "{s}");
+    let tls = rs[0]["history"][0]["tls_version"].as_str().unwrap_or("");
+    assert!(tls.starts_with("TLSv1."), "TLS facts of the delivery: {s}");
+    assert_eq!(rs[1]["state"], "bounced", "{s}");
+    let eml = std::fs::read_dir(&inbox)
+        .expect("inbox")
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| std::fs::read(e.path()).expect("eml"))
+        .expect("the receiving MTA got the message");
+    assert_eq!(parts(&eml).0, "Your appointment");
 }

@@ -618,18 +618,33 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     });
     let mut bad = api_msg.clone();
     bad["unexpected"] = serde_json::json!(SUBJECT);
+    // A template request whose values carry canaries (no such template: 422).
+    let templated = serde_json::json!({
+        "from": SENDER, "to": [good], "template": "none",
+        "template_values": {"note": BODY, "file": ATT_CONTENT},
+    });
+    let keyed = serde_json::json!({"Idempotency-Key": "leak-1"});
     let spec = serde_json::json!({
         "port": api_port, "host": HOSTNAME, "ca": ca,
         "requests": [
-            {"method": "POST", "path": "/v1/messages", "key": api_key, "body": api_msg},
+            {"method": "POST", "path": "/v1/messages", "key": api_key, "body": api_msg,
+             "headers": keyed},
             {"method": "POST", "path": "/v1/messages", "key": api_key, "body": bad},
             {"method": "POST", "path": "/v1/messages", "key": "phg_nope", "body": api_msg},
+            {"method": "POST", "path": "/v1/messages", "key": api_key, "body": bad,
+             "headers": keyed},
+            {"method": "POST", "path": "/v1/messages", "key": api_key, "body": templated},
+            {"method": "POST", "path": "/v1/messages/batch", "key": api_key,
+             "body": {"messages": [bad, templated]}},
         ],
     });
     let answers = api_call(&spec);
     assert_eq!(answers[0]["status"], 202, "API send: {}", answers[0]);
     assert_eq!(answers[1]["status"], 400, "API bad field: {}", answers[1]);
     assert_eq!(answers[2]["status"], 401, "API bad key: {}", answers[2]);
+    assert_eq!(answers[3]["status"], 409, "API key reuse: {}", answers[3]);
+    assert_eq!(answers[4]["status"], 422, "API template: {}", answers[4]);
+    assert_eq!(answers[5]["status"], 200, "API batch: {}", answers[5]);
     let api_id = answers[0]["body"]["id"]
         .as_str()
         .expect("API id")
@@ -796,20 +811,6 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
 
 /// Requests through the independent HTTPS client (tests/peers/api_client.py).
 fn api_call(spec: &Value) -> Vec<Value> {
-    use std::io::Write;
-    let mut child = Command::new(PYTHON)
-        .arg(peers_dir().join("api_client.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(spec.to_string().as_bytes())
-        .expect("spec");
-    let out = child.wait_with_output().expect("api client");
-    assert!(out.status.success(), "api client failed");
-    serde_json::from_slice(&out.stdout).expect("api client output")
+    let out = common::run_python(&peers_dir().join("api_client.py"), spec);
+    serde_json::from_value(out).expect("api client output")
 }

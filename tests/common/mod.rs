@@ -990,7 +990,8 @@ impl Transcript {
     }
 }
 
-fn run_python(script: &Path, input: &Value) -> Value {
+/// Run a Python peer with `input` as JSON on stdin; its stdout parsed as JSON.
+pub fn run_python(script: &Path, input: &Value) -> Value {
     let mut child = Command::new(PYTHON)
         .arg(script)
         .stdin(Stdio::piped())

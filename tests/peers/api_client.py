@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Independent HTTPS client for the API tests (Python's standard library only).
 
-Reads {"port", "host", "ca", "requests": [{"method", "path", "key", "body" (JSON value
-or raw string), "headers"}]} on stdin and prints [{"status", "content_type",
-"retry_after", "body"}] on stdout. The certificate is verified against `ca` for `host`
-while connecting to 127.0.0.1.
+Reads {"port", "host", "ca", "parallel" (optional), "requests": [{"method", "path", "key",
+"body" (JSON value or raw string), "headers"}]} on stdin and prints [{"status",
+"content_type", "retry_after", "replayed", "body"}] on stdout, in request order. The
+certificate is verified against `ca` for `host` while connecting to 127.0.0.1. With
+"parallel": true every request runs at once on its own connection (for concurrency tests).
 """
 import http.client
 import json
 import socket
 import ssl
 import sys
+import threading
 
 spec = json.load(sys.stdin)
 ctx = ssl.create_default_context(cafile=spec["ca"])
@@ -22,8 +24,7 @@ class Conn(http.client.HTTPSConnection):
         self.sock = ctx.wrap_socket(sock, server_hostname=spec["host"])
 
 
-out = []
-for r in spec["requests"]:
+def run(r):
     c = Conn(spec["host"], spec["port"], context=ctx, timeout=30)
     headers = dict(r.get("headers", {}))
     if r.get("key") is not None:
@@ -41,11 +42,27 @@ for r in spec["requests"]:
         parsed = json.loads(raw)
     except ValueError:
         parsed = raw
-    out.append({
+    c.close()
+    return {
         "status": resp.status,
         "content_type": resp.getheader("Content-Type"),
         "retry_after": resp.getheader("Retry-After"),
+        "replayed": resp.getheader("Idempotent-Replayed"),
         "body": parsed,
-    })
-    c.close()
+    }
+
+
+reqs = spec["requests"]
+out = [None] * len(reqs)
+if spec.get("parallel"):
+    def worker(i):
+        out[i] = run(reqs[i])
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+else:
+    for i, r in enumerate(reqs):
+        out[i] = run(r)
 json.dump(out, sys.stdout)
