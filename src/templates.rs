@@ -115,12 +115,6 @@ impl Templates {
             if !matches!(ext, "subject" | "txt" | "html") {
                 continue;
             }
-            if !valid_name(stem) {
-                return Err(load_err(
-                    &file,
-                    "template names use letters, digits, '.', '_' and '-'".into(),
-                ));
-            }
             let meta = std::fs::metadata(&file).map_err(|e| load_err(&file, e.to_string()))?;
             if meta.len() > MAX_FILE {
                 return Err(load_err(&file, format!("larger than {MAX_FILE} bytes")));
@@ -132,17 +126,31 @@ impl Templates {
             } else {
                 source
             };
-            t.env
-                .add_template_owned(format!("{stem}.{ext}"), source)
-                .map_err(|e| load_err(&file, describe(&e)))?;
-            let p = t.parts.entry(stem.to_string()).or_default();
-            match ext {
-                "subject" => p.subject = true,
-                "txt" => p.text = true,
-                _ => p.html = true,
-            }
+            t.add(stem, ext, source)
+                .map_err(|reason| load_err(&file, reason))?;
         }
         Ok(t)
+    }
+
+    /// Compile one part (`ext`: `subject`, `txt` or `html`) of template `name`.
+    pub fn add(&mut self, name: &str, ext: &str, source: String) -> Result<(), String> {
+        if !valid_name(name) {
+            return Err("template names use letters, digits, '.', '_' and '-'".into());
+        }
+        let slot = match ext {
+            "subject" | "txt" | "html" => ext,
+            _ => return Err(format!("unknown template part `{ext}`")),
+        };
+        self.env
+            .add_template_owned(format!("{name}.{slot}"), source)
+            .map_err(|e| describe(&e))?;
+        let p = self.parts.entry(name.to_string()).or_default();
+        match slot {
+            "subject" => p.subject = true,
+            "txt" => p.text = true,
+            _ => p.html = true,
+        }
+        Ok(())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -1,10 +1,15 @@
 //! An API request body, whatever its bytes, is either refused with a problem or built
-//! into a message; parsing and MIME building never panic.
+//! into a message; parsing (single and batch) and MIME building never panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    use phigate::api::{mime, model::SendRequest, problem::ApiError};
+    use phigate::api::{mime, model::BatchRequest, model::SendRequest, problem::ApiError};
+    if let Ok(b) = serde_json::from_slice::<BatchRequest>(data) {
+        for m in &b.messages {
+            let _ = serde_json::from_str::<SendRequest>(m.get()).map_err(|e| ApiError::from_json(&e).problem());
+        }
+    }
     let req: Result<SendRequest, ApiError> =
         serde_json::from_slice(data).map_err(|e| ApiError::from_json(&e));
     match req {

@@ -257,11 +257,7 @@ fn parse_one(raw: &[u8]) -> Result<SendRequest, ApiError> {
 type Parsed = (usize, Result<SendRequest, ApiError>);
 
 /// The messages of a request: one, or each of a batch parsed on its own.
-fn parse_messages(
-    st: &ApiState,
-    bytes: &[u8],
-    batch: bool,
-) -> Result<Vec<Parsed>, ApiError> {
+fn parse_messages(st: &ApiState, bytes: &[u8], batch: bool) -> Result<Vec<Parsed>, ApiError> {
     if !batch {
         return Ok(vec![(bytes.len(), parse_one(bytes))]);
     }

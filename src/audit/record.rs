@@ -9,11 +9,8 @@
 //! Both keys come from HKDF-SHA256 over the master key with distinct `info` labels, so
 //! neither reveals the master key or the other.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -53,10 +50,6 @@ impl AuditKeys {
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.enc.as_ref()))
-    }
-
     fn record_mac(&self, seq: u64, prev: &Hash, body: &[u8]) -> [u8; MAC_LEN] {
         let mut m = self.hmac();
         m.update(MAC_TAG);
@@ -76,35 +69,11 @@ impl AuditKeys {
     }
 
     fn seal(&self, seq: u64, plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let aad = seal_aad(seq);
-        // Only fails past AES-GCM's 64 GB message limit.
-        let ct = self
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        out
+        crate::spool::crypto::seal_detached(&self.enc, &seal_aad(seq), plain)
     }
 
     fn open(&self, seq: u64, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        if sealed.len() < 12 {
-            return None;
-        }
-        let (nonce, ct) = sealed.split_at(12);
-        let aad = seal_aad(seq);
-        self.cipher()
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-            .ok()
-            .map(Zeroizing::new)
+        crate::spool::crypto::open_detached(&self.enc, &seal_aad(seq), sealed)
     }
 }
 

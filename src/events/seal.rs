@@ -2,9 +2,6 @@
 //! own label) from a spool master key, AAD = tag ++ cursor so a sealed blob cannot be
 //! moved to another event.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
-use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -24,40 +21,12 @@ impl EventKey {
         EventKey(k)
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.0.as_ref()))
-    }
-
     pub(crate) fn seal(&self, cursor: u64, plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let aad = aad(cursor);
-        // Only fails past AES-GCM's 64 GB message limit.
-        let ct = self
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        out
+        crate::spool::crypto::seal_detached(&self.0, &aad(cursor), plain)
     }
 
     pub(crate) fn open(&self, cursor: u64, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        if sealed.len() < 12 {
-            return None;
-        }
-        let (nonce, ct) = sealed.split_at(12);
-        let aad = aad(cursor);
-        self.cipher()
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-            .ok()
-            .map(Zeroizing::new)
+        crate::spool::crypto::open_detached(&self.0, &aad(cursor), sealed)
     }
 }
 
