@@ -218,7 +218,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     )
     .await?;
     if let Some(mc) = &cfg.metrics {
-        let gauges = queue_gauges(spool.clone());
+        let gauges = queue_gauges(spool.clone(), services.webhooks.clone());
         let _metrics_http =
             crate::metrics::http::start(mc.listen, metrics.clone(), gauges, shutdown.clone())
                 .await?;
@@ -332,8 +332,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     Ok(())
 }
 
-/// Queue depth, read from the spool at scrape time so it is never stale.
-fn queue_gauges(spool: Arc<Spool>) -> crate::metrics::http::GaugeSource {
+/// Queue depth and webhook backlog, read at scrape time so they are never stale.
+fn queue_gauges(spool: Arc<Spool>, hooks: Arc<Webhooks>) -> crate::metrics::http::GaugeSource {
     Arc::new(move || {
         let Ok(st) = spool.stats(crate::types::now_secs()) else {
             return Vec::new();
@@ -344,6 +344,14 @@ fn queue_gauges(spool: Arc<Spool>) -> crate::metrics::http::GaugeSource {
             labels,
             value,
         };
+        let backlog = hooks.backlog().into_iter().map(|(i, n)| {
+            g(
+                "phigate_webhook_backlog_events",
+                "Events not yet delivered to a webhook, by its index in [[webhook]].",
+                vec![("webhook", i.to_string())],
+                n as f64,
+            )
+        });
         let mut out: Vec<Gauge> = st
             .recipients_by_state
             .iter()
@@ -369,6 +377,7 @@ fn queue_gauges(spool: Arc<Spool>) -> crate::metrics::http::GaugeSource {
             vec![],
             st.oldest_pending_age.unwrap_or(0) as f64,
         ));
+        out.extend(backlog);
         out
     })
 }

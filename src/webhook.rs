@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use sha2::Sha256;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -103,16 +104,37 @@ fn parse_url(url: &str) -> Result<Target, String> {
 /// The configured hooks (their tasks run on their own).
 pub struct Webhooks {
     count: usize,
+    /// Each hook's persisted cursor, as its task advances it.
+    cursors: Vec<Arc<AtomicU64>>,
+    events: Option<Arc<Events>>,
 }
 
 impl Webhooks {
     /// No hooks.
     pub fn none(_metrics: Arc<Metrics>) -> Arc<Webhooks> {
-        Arc::new(Webhooks { count: 0 })
+        Arc::new(Webhooks {
+            count: 0,
+            cursors: Vec::new(),
+            events: None,
+        })
     }
 
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    /// Events not yet handed to each hook (by index), for the backlog gauge: a receiver
+    /// that is down shows as a growing number long before anyone misses a notification.
+    pub fn backlog(&self) -> Vec<(usize, u64)> {
+        let Some(events) = &self.events else {
+            return Vec::new();
+        };
+        let newest = *events.subscribe().borrow();
+        self.cursors
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, newest.saturating_sub(c.load(Ordering::Relaxed))))
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -133,6 +155,7 @@ impl Webhooks {
         let tls = crate::tls::client::with_roots(crate::tls::client::webpki_roots())
             .map_err(|e| WebhookError::Tls(e.to_string()))?;
         let http = HttpsClient::new(tls, Resolve::System, true, REQUEST_TIMEOUT);
+        let mut cursors = Vec::new();
         for (index, cfg) in cfgs.iter().enumerate() {
             let path = cfg.secret_file.display().to_string();
             let raw = std::fs::read(&cfg.secret_file).map_err(|source| WebhookError::Secret {
@@ -164,7 +187,10 @@ impl Webhooks {
                     c
                 }
             };
+            let shared = Arc::new(AtomicU64::new(cursor));
+            cursors.push(shared.clone());
             let sender = Sender {
+                shared,
                 target,
                 secret,
                 include_addresses: cfg.include_addresses,
@@ -178,11 +204,17 @@ impl Webhooks {
             };
             tokio::spawn(sender.run(cursor));
         }
-        Ok(Arc::new(Webhooks { count: cfgs.len() }))
+        Ok(Arc::new(Webhooks {
+            count: cfgs.len(),
+            cursors,
+            events: Some(events),
+        }))
     }
 }
 
 struct Sender {
+    /// The cursor as last saved, read by `Webhooks::backlog`.
+    shared: Arc<AtomicU64>,
     target: Target,
     secret: Vec<u8>,
     include_addresses: bool,
@@ -236,6 +268,7 @@ impl Sender {
         if let Err(e) = self.store.commit(&[op]) {
             warn!(webhook = self.index, error = %e, "webhook cursor not saved");
         }
+        self.shared.store(cursor, Ordering::Relaxed);
     }
 
     /// POST until a 2xx, doubling the pause after each failure (at most 5 minutes).

@@ -368,6 +368,17 @@ fn keys_scopes_owners_and_revocation() {
     let trail = gw.cli_ok(&["audit", "export", "--message", &id]);
     assert!(trail.contains("message_received"), "{trail}");
     assert!(trail.contains("api:app"), "identity api:NAME in the trail");
+    // The HTTPS connection's facts, as for an SMTP session.
+    let rec = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r.to_string().contains("message_received"))
+        .expect("message_received record");
+    let flat = rec.to_string();
+    assert!(flat.contains("\"peer_ip\":\"127.0.0.1\""), "{flat}");
+    assert!(flat.contains("\"tls_version\":\"TLSv1.3\""), "{flat}");
+    assert!(flat.contains("\"tls_cipher\":\"TLS_AES_"), "{flat}");
+    assert!(flat.contains("\"api_key\":\"app\""), "key name: {flat}");
 }
 
 #[test]

@@ -31,9 +31,10 @@ fn events_survive_kill_9_and_reach_a_receiver_that_was_down() {
     let secrets = tempfile::tempdir().expect("tempdir");
     let secret_file = secrets.path().join("hook.secret");
     std::fs::write(&secret_file, "restart-secret\n").expect("secret");
+    let metrics_port = free_port();
     let mut gw = Gateway::start(GwOpts {
         delivery: Some(format!(
-            "mode = \"sandbox\"\n\n[[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\n",
+            "mode = \"sandbox\"\n\n[[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             secret_file.display()
         )),
         ..GwOpts::default()
@@ -60,6 +61,16 @@ fn events_survive_kill_9_and_reach_a_receiver_that_was_down() {
     std::thread::sleep(Duration::from_secs(3));
     gw.kill();
     gw.restart("info");
+    // The backlog gauge shows what the receiver has not got yet.
+    let backlog = || {
+        let (_, scrape) = http_get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+        metric_sample(&scrape, "phigate_webhook_backlog_events{webhook=\"0\"}")
+    };
+    let pending = backlog().expect("backlog gauge");
+    assert!(
+        pending >= 10.0,
+        "5 queued + 5 delivered events pending: {pending}"
+    );
     let (_, got) = http_receiver_at(port, |_| "200 OK");
 
     let want: BTreeSet<(String, String)> = ids
@@ -99,6 +110,11 @@ fn events_survive_kill_9_and_reach_a_receiver_that_was_down() {
         );
     }
     assert!(by_id.len() >= want.len());
+    assert!(
+        wait_for(Duration::from_secs(30), || backlog() == Some(0.0)),
+        "backlog drains to 0: {:?}",
+        backlog()
+    );
 }
 
 /// An anomaly alert (`Alerts::raise` writes a security_alert audit record) becomes a

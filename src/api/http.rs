@@ -144,21 +144,11 @@ async fn serve_conn(
         Err(_) => return debug!(peer = %peer.ip(), "api TLS handshake timed out"),
     };
     let (_, session) = stream.get_ref();
+    // Named as for SMTP sessions (TLSv1.3, IANA cipher names), so the audit trail and
+    // policy see one vocabulary whatever the front end.
     let conn = Conn {
         peer: peer.ip(),
-        tls: TlsInfo {
-            version: session
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-            cipher: session
-                .negotiated_cipher_suite()
-                .and_then(|c| c.suite().as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-            client_cert_sha256: None,
-        },
+        tls: crate::tls::server::session_info(session).0,
     };
     let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(conn)));
     let http = hyper::server::conn::http1::Builder::new()

@@ -185,6 +185,7 @@ impl AuditEvent {
             .field("envid_present", env.params.envid.is_some())
             .field("notify", notify)
             .field("tls_version", env.tls.as_ref().map(|t| t.version.clone()))
+            .field("tls_cipher", env.tls.as_ref().map(|t| t.cipher.clone()))
             .field(
                 "auth_method",
                 env.auth.as_ref().map(|a| {

@@ -294,7 +294,9 @@ impl Control {
             match action {
                 BulkAction::List => {}
                 BulkAction::Add => {
-                    let ev = AuditEvent::admin(Kind::Quarantine, admin, s.id);
+                    // The rule the spool records, so events and webhooks say why it is held.
+                    let ev =
+                        AuditEvent::admin(Kind::Quarantine, admin, s.id).field("rule", "admin");
                     let batch = self.services.attach(vec![ev]);
                     spool.quarantine_with(&s.id, "admin", &batch).await?;
                 }

@@ -148,6 +148,17 @@ fn origin_key(id: &str) -> Vec<u8> {
     format!("evorigin:{id}").into_bytes()
 }
 
+/// `evmsg:<id>:` ++ cursor (u64 BE) -> empty: a message's events without a full scan.
+fn by_message_prefix(id: &str) -> Vec<u8> {
+    format!("evmsg:{id}:").into_bytes()
+}
+
+fn by_message_key(id: &str, cursor: u64) -> Vec<u8> {
+    let mut k = by_message_prefix(id);
+    k.extend_from_slice(&cursor.to_be_bytes());
+    k
+}
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 impl Events {
@@ -218,21 +229,32 @@ impl Events {
         Ok(Page { events, next })
     }
 
-    /// Every event of message `id`, oldest first.
+    /// Every event of message `id`, oldest first (through the per-message index).
     pub fn for_message(&self, id: &MessageId) -> Result<Vec<Event>, EventsError> {
         let want = id.to_string();
-        let mut raw = Vec::new();
-        // The cursor is the audit seq, minted after the message id: start near it is not
-        // possible, so scan (bounded by retention).
-        self.store.scan(Tree::Events, &[], None, &mut |k, v| {
-            if let (Ok(b), Ok(s)) = (<[u8; 8]>::try_from(k), serde_json::from_slice::<Stored>(v)) {
+        let prefix = by_message_prefix(&want);
+        let mut end = prefix.clone();
+        end.push(0xff);
+        let mut cursors = Vec::new();
+        self.store
+            .scan(Tree::Meta, &prefix, Some(&end), &mut |k, _| {
+                if let Ok(b) = <[u8; 8]>::try_from(&k[prefix.len()..]) {
+                    cursors.push(u64::from_be_bytes(b));
+                }
+                true
+            })?;
+        let mut out = Vec::new();
+        for c in cursors {
+            let Some(v) = self.store.get(Tree::Events, &c.to_be_bytes())? else {
+                continue;
+            };
+            if let Ok(s) = serde_json::from_slice::<Stored>(&v) {
                 if s.msg.as_deref() == Some(want.as_str()) {
-                    raw.push((u64::from_be_bytes(b), s));
+                    out.push(self.open(c, s)?);
                 }
             }
-            true
-        })?;
-        raw.into_iter().map(|(c, s)| self.open(c, s)).collect()
+        }
+        Ok(out)
     }
 
     /// Delete events older than `cutoff_ms` (at most `limit`). Returns how many.
@@ -246,9 +268,19 @@ impl Events {
                 return false;
             }
             ops.push(Op::Delete(Tree::Events, k.to_vec()));
+            let stored = serde_json::from_slice::<Stored>(v).ok();
+            if let (Some(m), Ok(c)) = (stored.and_then(|s| s.msg), <[u8; 8]>::try_from(k)) {
+                ops.push(Op::Delete(
+                    Tree::Meta,
+                    by_message_key(&m, u64::from_be_bytes(c)),
+                ));
+            }
             true
         })?;
-        let n = ops.len() as u64;
+        let n = ops
+            .iter()
+            .filter(|o| matches!(o, Op::Delete(Tree::Events, _)))
+            .count() as u64;
         if n > 0 {
             self.store.commit(&ops)?;
         }
@@ -461,6 +493,9 @@ impl Derive for Events {
             data,
             sealed,
         };
+        if let Some(m) = &s.msg {
+            ops.push(Op::Put(Tree::Meta, by_message_key(m, seq), Vec::new()));
+        }
         ops.push(Op::Put(
             Tree::Events,
             seq.to_be_bytes().to_vec(),

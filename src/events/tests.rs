@@ -137,6 +137,8 @@ async fn restart_keeps_owner_and_retention_purges() {
     assert_eq!(evs[1].owner.as_deref(), Some("password:ehr"));
     assert_eq!(events.purge_before(u64::MAX, 1).expect("purge"), 1);
     assert_eq!(events.page(None, 10, None).expect("p").events.len(), 1);
+    // The per-message index follows the purge.
+    assert_eq!(events.for_message(&id).expect("for").len(), 1);
 }
 
 #[tokio::test]

@@ -239,6 +239,33 @@ pub fn unwrap(keyring: &Keyring, msg: &MessageId, wrapped: &[u8]) -> Result<Data
     Ok(DataKey { id, key })
 }
 
+/// `nonce(12) | ciphertext+tag` under a derived 256-bit key with caller-chosen AAD: the
+/// layout of the audit trail's and the event store's sealed person fields.
+pub fn seal_detached(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    // Only fails past AES-GCM's 64 GB message limit.
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
+        .unwrap_or_default();
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Open what `seal_detached` wrote; None if it is short, tampered or under another key/AAD.
+pub fn open_detached(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
+        .map(Zeroizing::new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,31 +323,4 @@ mod tests {
             Err(CryptoError::MissingKey(_))
         ));
     }
-}
-
-/// `nonce(12) | ciphertext+tag` under a derived 256-bit key with caller-chosen AAD: the
-/// layout of the audit trail's and the event store's sealed person fields.
-pub fn seal_detached(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
-    // Only fails past AES-GCM's 64 GB message limit.
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
-        .unwrap_or_default();
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&ct);
-    out
-}
-
-/// Open what `seal_detached` wrote; None if it is short, tampered or under another key/AAD.
-pub fn open_detached(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if sealed.len() < NONCE_LEN {
-        return None;
-    }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-        .ok()
-        .map(Zeroizing::new)
 }
