@@ -213,6 +213,9 @@ pub struct KeyRow {
     pub current: bool,
     /// Messages whose data key this master key wraps.
     pub messages: u64,
+    /// Event records (and message origins) whose person fields this key seals.
+    #[serde(default)]
+    pub events: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -683,11 +686,17 @@ impl Control {
 
     fn key_rows(&self) -> Result<Vec<KeyRow>, ActionError> {
         let usage = self.services.spool.key_usage()?;
+        // Unreadable event usage must not hide the key list: counted as 0, logged.
+        let events = self.services.events.key_usage().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "event key usage unavailable");
+            Default::default()
+        });
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(keys
             .into_iter()
             .map(|k| KeyRow {
                 messages: usage.get(&k.id).copied().unwrap_or(0),
+                events: events.get(&k.id).copied().unwrap_or(0),
                 id: k.id,
                 created: k.created,
                 current: k.current,
@@ -710,6 +719,16 @@ impl Control {
 
     async fn rewrap(&self, admin: &str) -> Result<Count, ActionError> {
         let count = self.services.spool.rewrap().await?;
+        // Events hold sealed person fields too: seal them under the current key, so the
+        // old key can be removed without losing them.
+        let resealed = self.services.events.reseal().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "events not resealed");
+            0
+        });
+        info!(
+            admin,
+            resealed, "event records resealed under the current master key"
+        );
         let current = self.services.spool.keyring().current().id().to_string();
         let ev = AuditEvent::key(Kind::KeyRewrap, admin, &current, Some(count as u64));
         self.services.audit.record(vec![ev]).await?;

@@ -147,6 +147,7 @@ fn key_rotation_list_rewrap_and_bad_keyrings_through_the_cli() {
     assert_eq!(keys.len(), 3, "{keys:?}");
     for k in keys {
         assert_eq!(k["messages"], 1, "{keys:?}");
+        assert!(k["events"].as_u64().unwrap_or(0) >= 1, "{keys:?}");
         assert!(k.get("key").is_none());
     }
     let current = keys
@@ -164,6 +165,12 @@ fn key_rotation_list_rewrap_and_bad_keyrings_through_the_cli() {
     for k in keys.as_array().expect("array") {
         let want = if k["id"] == current.as_str() { 3 } else { 0 };
         assert_eq!(k["messages"], want, "{keys}");
+        // Sealed events (recipient and reply of each delivery) moved with them.
+        if k["id"] != current.as_str() {
+            assert_eq!(k["events"], 0, "events still under an old key: {keys}");
+        } else {
+            assert!(k["events"].as_u64().unwrap_or(0) >= 3, "{keys}");
+        }
     }
     // The oldest message still opens, now under the current key.
     let body = gw.cli_ok(&["queue", "show", &ids[0], "--body"]);

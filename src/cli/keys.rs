@@ -56,16 +56,17 @@ pub fn run(config: &Path, action: &KeysAction) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "{:<18}  {:<20}  {:<7}  MESSAGES",
-                "ID", "CREATED", "CURRENT"
+                "{:<18}  {:<20}  {:<7}  {:<8}  EVENTS",
+                "ID", "CREATED", "CURRENT", "MESSAGES"
             );
             for r in rows {
                 println!(
-                    "{:<18}  {:<20}  {:<7}  {}",
+                    "{:<18}  {:<20}  {:<7}  {:<8}  {}",
                     r.id,
                     when(r.created),
                     if r.current { "yes" } else { "" },
-                    r.messages
+                    r.messages,
+                    r.events
                 );
             }
         }

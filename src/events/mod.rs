@@ -257,6 +257,80 @@ impl Events {
         Ok(out)
     }
 
+    /// How many sealed event records (and message origins) each master key ID seals,
+    /// for `keys list`: a key still sealing events should not be removed.
+    pub fn key_usage(&self) -> Result<std::collections::BTreeMap<String, u64>, EventsError> {
+        let mut usage = std::collections::BTreeMap::new();
+        let mut count = |v: &[u8]| {
+            if let Ok(s) = serde_json::from_slice::<Stored>(v) {
+                if s.sealed.is_some() {
+                    *usage.entry(s.key).or_insert(0u64) += 1;
+                }
+            }
+            true
+        };
+        self.store
+            .scan(Tree::Events, &[], None, &mut |_, v| count(v))?;
+        let (start, end) = (b"evorigin:".to_vec(), b"evorigin;".to_vec());
+        self.store
+            .scan(Tree::Meta, &start, Some(&end), &mut |_, v| count(v))?;
+        Ok(usage)
+    }
+
+    /// Seal again under the current master key every event (and origin) sealed under an
+    /// older one, so `keys rewrap` leaves old keys sealing nothing. Compare-and-swap: a
+    /// record purged meanwhile stays purged. Returns how many changed.
+    pub fn reseal(&self) -> Result<u64, EventsError> {
+        let ring = (self.keyring)();
+        let current = ring.current();
+        let new_key = EventKey::derive(current);
+        let mut todo: Vec<(Tree, Vec<u8>, Vec<u8>, u64)> = Vec::new();
+        let mut collect = |tree: Tree, k: &[u8], v: &[u8], aad: u64| {
+            if let Ok(s) = serde_json::from_slice::<Stored>(v) {
+                if s.sealed.is_some() && s.key != current.id() {
+                    todo.push((tree, k.to_vec(), v.to_vec(), aad));
+                }
+            }
+        };
+        self.store.scan(Tree::Events, &[], None, &mut |k, v| {
+            if let Ok(b) = <[u8; 8]>::try_from(k) {
+                collect(Tree::Events, k, v, u64::from_be_bytes(b));
+            }
+            true
+        })?;
+        let (start, end) = (b"evorigin:".to_vec(), b"evorigin;".to_vec());
+        self.store
+            .scan(Tree::Meta, &start, Some(&end), &mut |k, v| {
+                // Origins are sealed with AAD cursor 0 (they have no cursor of their own).
+                collect(Tree::Meta, k, v, 0);
+                true
+            })?;
+        let mut changed = 0;
+        for (tree, k, old, aad) in todo {
+            let Ok(mut s) = serde_json::from_slice::<Stored>(&old) else {
+                continue;
+            };
+            let (Some(master), Some(b)) = (ring.get(&s.key), &s.sealed) else {
+                continue;
+            };
+            let Some(plain) = B64
+                .decode(b)
+                .ok()
+                .and_then(|raw| EventKey::derive(master).open(aad, &raw))
+            else {
+                tracing::warn!(tree = ?tree, "event record not resealed: unreadable");
+                continue;
+            };
+            s.key = current.id().to_string();
+            s.sealed = Some(B64.encode(new_key.seal(aad, &plain)));
+            let new = serde_json::to_vec(&s).map_err(|_| EventsError::Corrupt(aad))?;
+            if self.store.compare_and_swap(tree, &k, &old, &new)? {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Delete events older than `cutoff_ms` (at most `limit`). Returns how many.
     pub fn purge_before(&self, cutoff_ms: u64, limit: usize) -> Result<u64, EventsError> {
         let mut ops = Vec::new();
