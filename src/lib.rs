@@ -30,6 +30,7 @@ pub mod events;
 pub mod freeze;
 pub mod limits;
 pub mod listener;
+pub mod long_lines;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;

@@ -442,6 +442,10 @@ impl Pipeline {
         let mut v = self.decide(sub).await?;
         // Handed to the spool by value (encrypted in its own buffer).
         let content = std::mem::take(&mut v.content);
+        // After every content change (tags, redaction): lines over 998 octets from
+        // legacy senders leave as quoted-printable, so each next hop gets RFC-conformant
+        // mail. DLP has already scanned the decoded text.
+        let content = crate::long_lines::reencode(&content).unwrap_or(content);
         self.services.metrics.dlp_findings(&v.counts);
         // Detector names and counts only: never values, subjects or addresses.
         info!(msg_id = %id, action = v.action.as_str(), rule = %v.rule, findings = %v.findings, "policy decision");

@@ -483,6 +483,7 @@ fn build_shared(cfg: &Config, front: &FrontEnd) -> Result<Arc<Shared>, ServerErr
     Ok(Arc::new(Shared {
         hostname: cfg.server.hostname.clone(),
         max_message_size: usize::try_from(cfg.server.max_message_size.0).unwrap_or(usize::MAX),
+        max_line_length: usize::try_from(cfg.server.max_line_length.0).unwrap_or(usize::MAX),
         max_recipients: cfg.server.max_recipients,
         command_timeout: cfg.server.command_timeout.duration(),
         data_timeout: cfg.server.data_timeout.duration(),

@@ -139,6 +139,15 @@ fn each_mistake_is_named_with_file_and_key() {
 
     let text = good.replace("tls = \"implicit\"", "tls = \"none\"");
     assert_refused(dir, "plain-tls.toml", &text, "listener[0].tls", "none");
+
+    let text = good.replace("[server]\n", "[server]\nmax_line_length = \"512\"\n");
+    assert_refused(
+        dir,
+        "short-lines.toml",
+        &text,
+        "server.max_line_length",
+        "1000",
+    );
 }
 
 /// `[dlp.limits]` in the policy file is validated: the error names the policy file,

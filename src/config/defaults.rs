@@ -31,6 +31,9 @@ pub fn max_outbound_connections() -> usize {
 pub fn max_message_size() -> ByteSize {
     ByteSize(25 * 1024 * 1024)
 }
+pub fn max_line_length() -> ByteSize {
+    ByteSize(64 * 1024)
+}
 pub fn max_recipients() -> usize {
     100
 }

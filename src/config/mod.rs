@@ -169,6 +169,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     #[serde(default = "defaults::max_message_size")]
     pub max_message_size: ByteSize,
+    /// Longest message line accepted (CRLF included; at least 1000, RFC 5321's limit).
+    /// Longer lines are re-encoded (quoted-printable) before relaying.
+    #[serde(default = "defaults::max_line_length")]
+    pub max_line_length: ByteSize,
     #[serde(default = "defaults::max_recipients")]
     pub max_recipients: usize,
     #[serde(default = "defaults::max_connections")]
@@ -577,6 +581,12 @@ impl Config {
         }
         if self.server.max_connections == 0 || self.server.max_connections_per_ip == 0 {
             return Err(self.invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.max_line_length.0 < 1000 {
+            return Err(self.invalid(
+                "server.max_line_length",
+                "must be at least 1000 (RFC 5321's line limit)",
+            ));
         }
         if self.server.max_message_size.0 < 1024 {
             return Err(self.invalid("server.max_message_size", "must be at least 1K"));

@@ -454,7 +454,7 @@ pub enum DataError {
     BareCr,
     #[error("NUL byte in message data")]
     Nul,
-    #[error("line longer than 1000 octets")]
+    #[error("line longer than the configured maximum")]
     LineTooLong,
     #[error("message exceeds the size limit")]
     TooBig,
@@ -469,9 +469,11 @@ impl DataError {
                 "Bare CR or LF in message data refused; lines must end with CRLF",
             ),
             DataError::Nul => Reply::new(554, "5.6.0", "NUL byte in message data refused"),
-            DataError::LineTooLong => {
-                Reply::new(554, "5.6.0", "Message line longer than 1000 octets refused")
-            }
+            DataError::LineTooLong => Reply::new(
+                554,
+                "5.6.0",
+                "Message line longer than this gateway's limit refused",
+            ),
             DataError::TooBig => Reply::new(552, "5.3.4", "Message exceeds the size limit"),
         }
     }
@@ -497,6 +499,8 @@ pub struct DataReader {
     out: Vec<u8>,
     max_size: usize,
     line_len: usize,
+    /// Longest line accepted, CRLF included (`[server] max_line_length`).
+    max_line: usize,
     error: Option<DataError>,
 }
 
@@ -518,8 +522,16 @@ impl DataReader {
             out: Vec::with_capacity(max_size.min(64 * 1024)),
             max_size,
             line_len: 0,
+            max_line: MAX_TEXT_LINE,
             error: None,
         }
+    }
+
+    /// Accept lines up to `n` octets (CRLF included) instead of RFC 5321's 1000: legacy
+    /// senders write long HTML and CSV lines, which are re-encoded before relaying.
+    pub fn with_max_line(mut self, n: usize) -> Self {
+        self.max_line = n.max(MAX_TEXT_LINE);
+        self
     }
 
     /// Feed bytes. Returns `Some(n)` when end-of-data was found after consuming `n`
@@ -585,7 +597,7 @@ impl DataReader {
             self.line_len = 0;
         } else if b != b'\r' {
             self.line_len += 1;
-            if self.line_len > MAX_TEXT_LINE - 2 {
+            if self.line_len > self.max_line - 2 {
                 self.fail(DataError::LineTooLong);
             }
         }
@@ -838,6 +850,20 @@ mod tests {
 
     #[test]
     fn size_and_line_limits() {
+        let long = format!("{}\r\n.\r\n", "x".repeat(5000));
+        let mut r = DataReader::data(1 << 20);
+        r.feed(long.as_bytes());
+        assert_eq!(
+            r.error(),
+            Some(DataError::LineTooLong),
+            "RFC limit by default"
+        );
+        let mut r = DataReader::data(1 << 20).with_max_line(64 * 1024);
+        assert!(r.feed(long.as_bytes()).is_some());
+        assert_eq!(r.error(), None, "accepted up to max_line_length");
+        let mut r = DataReader::data(1 << 20).with_max_line(4096);
+        r.feed(long.as_bytes());
+        assert_eq!(r.error(), Some(DataError::LineTooLong));
         let mut r = DataReader::data(10);
         assert!(r.feed(b"0123456789abc\r\n.\r\n").is_some());
         assert_eq!(r.finish(), Err(DataError::TooBig));

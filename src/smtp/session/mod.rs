@@ -47,6 +47,8 @@ const MAX_ERRORS: u32 = 20;
 pub struct Shared {
     pub hostname: String,
     pub max_message_size: usize,
+    /// Longest DATA/BDAT line accepted (`[server] max_line_length`).
+    pub max_line_length: usize,
     pub max_recipients: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,

@@ -72,6 +72,7 @@ impl Setup {
         let shared = Arc::new(Shared {
             hostname: HOST.into(),
             max_message_size: MAX_SIZE,
+            max_line_length: 64 * 1024,
             max_recipients: MAX_RCPTS,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),

@@ -145,7 +145,10 @@ impl Session {
             return self.error_reply(replies::DATA_AFTER_BDAT);
         }
         self.send(replies::START_DATA);
-        self.state = State::Data(DataReader::data(self.shared.max_message_size));
+        self.state = State::Data(
+            DataReader::data(self.shared.max_message_size)
+                .with_max_line(self.shared.max_line_length),
+        );
         Ok(())
     }
 
@@ -159,7 +162,7 @@ impl Session {
         let max = self.shared.max_message_size;
         let reader = match self.tx.as_mut().and_then(|t| t.bdat.take()) {
             Some(r) => r,
-            None => DataReader::bdat(max),
+            None => DataReader::bdat(max).with_max_line(self.shared.max_line_length),
         };
         self.state = State::Bdat(Chunk {
             size,
