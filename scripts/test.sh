@@ -23,15 +23,17 @@ need_install() {
   /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || return 0
   # tests/peers/openapi_check.py (responses against the API's OpenAPI document).
   /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || return 0
+  # tests/peers/dkim_verify.py (dkimpy, with PyNaCl for Ed25519 signatures).
+  /usr/bin/python3 -c 'import dkim, nacl' >/dev/null 2>&1 || return 0
   return 1
 }
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, python3-dkim, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, python3-dkim, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
@@ -42,7 +44,7 @@ if need_install; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
       knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
-      python3-aiosmtpd python3-cryptography python3-jsonschema curl testssl.sh tshark rsyslog \
+      python3-aiosmtpd python3-cryptography python3-jsonschema python3-dkim python3-nacl curl testssl.sh tshark rsyslog \
       >/dev/null
   fi
 fi

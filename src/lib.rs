@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dkim;
 pub mod dlp;
 pub mod dns;
 pub mod events;

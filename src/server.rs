@@ -56,6 +56,8 @@ pub enum ServerError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("api.templates_dir: {0}")]
     Templates(#[from] crate::templates::TemplateError),
+    #[error("dkim key_file {0}")]
+    Dkim(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
@@ -148,6 +150,16 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             real: transport,
             sandbox: SandboxTransport::new(Sandbox::new(cfg.sandbox_dir())),
         }),
+    };
+    let dkim = Arc::new(crate::dkim::DkimKeys::load(&cfg.dkim)?);
+    let transport: Arc<dyn Transport> = if dkim.is_empty() {
+        transport
+    } else {
+        info!(keys = cfg.dkim.len(), "DKIM signing enabled");
+        Arc::new(crate::delivery::DkimSign {
+            keys: dkim,
+            inner: transport,
+        })
     };
     let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
     let events = {

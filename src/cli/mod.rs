@@ -4,6 +4,7 @@
 mod api_key;
 mod audit;
 pub mod control_client;
+pub mod dkim;
 mod dlp;
 mod freeze;
 mod keys;
@@ -89,6 +90,11 @@ pub enum Command {
     Quarantine {
         #[command(subcommand)]
         action: quarantine::QuarantineAction,
+    },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: dkim::DkimAction,
     },
     /// Keys for the HTTPS submission API.
     #[command(name = "api-key")]
@@ -233,5 +239,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit { action } => audit::run(&cli.config, action),
         Command::Freeze { action } => freeze::run_freeze(&cli.config, action),
         Command::ApiKey { action } => api_key::run(&cli.config, action),
+        Command::Dkim { action } => dkim::run(&cli.config, action),
     }
 }

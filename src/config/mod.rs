@@ -86,6 +86,9 @@ pub struct Config {
     /// The HTTPS submission API (`[api]`); off when absent.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// DKIM signing keys (`[[dkim]]`), one per signing domain and selector.
+    #[serde(default, rename = "dkim")]
+    pub dkim: Vec<DkimConfig>,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
@@ -507,6 +510,25 @@ mod defaults;
 mod values;
 
 pub use api::{ApiConfig, MAX_BATCH_LIMIT};
+
+/// One `[[dkim]]` signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`): the key's record is `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key (Ed25519 PKCS#8, or RSA PKCS#1/PKCS#8); mode 0600 or stricter.
+    pub key_file: PathBuf,
+    /// Header fields to sign; default: a safe set with `From` oversigned.
+    #[serde(default)]
+    pub headers: Option<Vec<String>>,
+    /// From domains this key signs (`clinic.example`, `*.clinic.example`); default:
+    /// exactly `domain`.
+    #[serde(default)]
+    pub match_from: Vec<String>,
+}
 pub use breach::{AlertsConfig, IdentityLimits, LimitValues, LimitsConfig};
 pub use values::{ByteSize, Cidr, Seconds};
 
@@ -668,6 +690,30 @@ impl Config {
         }
         if let Some(ca) = &self.tls.client_ca {
             self.check_pem("tls.client_ca", ca, "CERTIFICATE")?;
+        }
+        for (i, d) in self.dkim.iter().enumerate() {
+            let label = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+            if d.domain.is_empty() || !d.domain.chars().all(label) {
+                return Err(self.invalid(format!("dkim[{i}].domain"), "not a domain name"));
+            }
+            if d.selector.is_empty() || !d.selector.chars().all(label) {
+                return Err(self.invalid(format!("dkim[{i}].selector"), "not a selector"));
+            }
+            let key = format!("dkim[{i}].key_file");
+            self.check_pem(&key, &d.key_file, "PRIVATE KEY")?;
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&d.key_file)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            if mode & 0o077 != 0 {
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "{} is mode {mode:04o}: a signing key must be 0600 or stricter",
+                        d.key_file.display()
+                    ),
+                ));
+            }
         }
         if let Some(users) = &self.auth.users_file {
             // A missing users file is an empty one (created by `phigate user add`), but an

@@ -41,7 +41,7 @@ use sts::{MemoryStsCache, StsCache, StsClient};
 use verifiers::Verifiers;
 
 pub use check::{HostCheck, TlsCheckReport};
-pub use transport::{BoxFuture, Job, SandboxKeys, SandboxTransport, Transport};
+pub use transport::{BoxFuture, DkimSign, Job, SandboxKeys, SandboxTransport, Transport};
 
 #[derive(Debug, Error)]
 pub enum DeliveryError {

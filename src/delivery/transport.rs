@@ -95,6 +95,31 @@ impl Transport for SandboxTransport {
 
 /// Mail submitted with a sandbox API key goes to the sandbox whatever the delivery
 /// mode (a test environment for integrators); everything else to `real`.
+/// DKIM-signs each message (when a `[[dkim]]` key covers its From domain) right before
+/// it leaves, after every change phigate makes to it, so the signature verifies at the
+/// receiver. Outermost transport: sandbox copies are signed like real deliveries.
+pub struct DkimSign {
+    pub keys: std::sync::Arc<crate::dkim::DkimKeys>,
+    pub inner: std::sync::Arc<dyn Transport>,
+}
+
+impl Transport for DkimSign {
+    fn deliver<'a>(&'a self, job: Job<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        Box::pin(async move {
+            match self.keys.sign(job.content) {
+                Some(signed) => {
+                    let job = Job {
+                        content: &signed,
+                        ..job
+                    };
+                    self.inner.deliver(job).await
+                }
+                None => self.inner.deliver(job).await,
+            }
+        })
+    }
+}
+
 pub struct SandboxKeys {
     pub real: std::sync::Arc<dyn Transport>,
     pub sandbox: SandboxTransport,
