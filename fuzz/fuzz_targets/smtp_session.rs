@@ -80,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
     let shared = Arc::new(Shared {
         hostname: "mx.fuzz".into(),
         max_message_size: 4096,
+        max_line_length: 64 * 1024,
         max_recipients: 4,
         command_timeout: Duration::from_secs(1),
         data_timeout: Duration::from_secs(1),
