@@ -440,6 +440,19 @@ impl Pipeline {
         let api = sub.api.take().unwrap_or_default();
         self.check_room(sub.content.len())?;
         let mut v = self.decide(sub).await?;
+        if v.action != Action::Reject && self.policy().file.require_dkim {
+            let signed =
+                crate::dkim::from_domain(&v.content).is_some_and(|d| self.services.dkim.signs(&d));
+            if !signed {
+                v.action = Action::Reject;
+                v.rule = "require_dkim".into();
+                v.reply = Reply::new(
+                    550,
+                    "5.7.1",
+                    "No DKIM key for the From domain: refused by policy (require_dkim)",
+                );
+            }
+        }
         // Handed to the spool by value (encrypted in its own buffer).
         let content = std::mem::take(&mut v.content);
         // After every content change (tags, redaction): lines over 998 octets from

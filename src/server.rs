@@ -157,7 +157,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     } else {
         info!(keys = cfg.dkim.len(), "DKIM signing enabled");
         Arc::new(crate::delivery::DkimSign {
-            keys: dkim,
+            keys: dkim.clone(),
             inner: transport,
         })
     };
@@ -198,6 +198,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         limits,
         freeze,
         alerts,
+        dkim,
     };
     let queue = Queue::new(services.clone(), transport, queue_settings(&cfg));
     let pipeline = Arc::new(Pipeline::new(

@@ -40,6 +40,8 @@ pub struct Services {
     pub freeze: Arc<crate::freeze::Freeze>,
     /// Anomaly alerts.
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// DKIM signing keys (`[[dkim]]`), for the policy's `require_dkim`.
+    pub dkim: Arc<crate::dkim::DkimKeys>,
 }
 
 impl Services {

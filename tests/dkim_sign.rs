@@ -143,3 +143,56 @@ fn signatures_verify_with_dkimpy_for_both_algorithms() {
     assert!(!gw.log().contains(secret));
     gw.stop();
 }
+
+#[test]
+fn require_dkim_refuses_mail_for_a_domain_without_a_key() {
+    if !require_tool(PYTHON) {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ed = keys.path().join("clinic.key");
+    let mut opts = GwOpts::spool();
+    opts.policy = Some("require_dkim = true\n".into());
+    opts.server_extra += &format!(
+        "\n[[dkim]]\ndomain = \"clinic.test\"\nselector = \"s\"\nkey_file = \"{}\"\n",
+        ed.display()
+    );
+    let mut gw = Gateway::configure(opts);
+    gw.cli_ok(&[
+        "dkim",
+        "generate",
+        "clinic.test",
+        "--selector",
+        "s",
+        "--algorithm",
+        "ed25519",
+        "--key-file",
+        &ed.display().to_string(),
+    ]);
+    gw.launch();
+    let send_from = |from: &str| {
+        py(gw.peer(
+            "smtps",
+            vec![
+                send("EHLO ehr.clinic.test\r\n"),
+                send_n(
+                    &format!("MAIL FROM:<{from}>\r\nRCPT TO:<p@example.net>\r\nDATA\r\n"),
+                    3,
+                ),
+                send(&format!(
+                    "From: <{from}>\r\nSubject: r\r\n\r\nlab result\r\n.\r\n"
+                )),
+                send("QUIT\r\n"),
+            ],
+        ))
+    };
+    let ok = send_from("results@clinic.test");
+    assert!(ok.line(2).starts_with("250"), "{:?}", ok.lines(2));
+    let refused = send_from("results@unsigned.test");
+    let reply = refused.line(2);
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    assert!(reply.contains("require_dkim"), "{reply}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(gw.messages_now().len(), 1, "nothing half-accepted");
+    gw.stop();
+}

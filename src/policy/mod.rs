@@ -204,6 +204,10 @@ pub struct PolicyFile {
     pub default: ActionSpec,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// Refuse (550 5.7.1 at the end of DATA) mail whose From domain no `[[dkim]]` key
+    /// signs, so phigate never relays unaligned mail for a domain it does not sign.
+    #[serde(default)]
+    pub require_dkim: bool,
 }
 
 /// A loaded, validated policy with its compiled scanner.
