@@ -44,8 +44,56 @@ enum AnySigner {
 
 struct Entry {
     domain: String,
+    selector: String,
     patterns: Vec<String>,
     signer: AnySigner,
+    /// What `p=` must hold: SubjectPublicKeyInfo for RSA, the raw key for Ed25519.
+    public: Vec<u8>,
+    /// `k=`: `rsa` or `ed25519`.
+    kind: &'static str,
+}
+
+/// One key and the record it needs, for `phigate dkim check`.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub domain: String,
+    pub selector: String,
+    pub kind: &'static str,
+    public: Vec<u8>,
+}
+
+impl KeyRecord {
+    /// `<selector>._domainkey.<domain>`.
+    pub fn name(&self) -> String {
+        format!("{}._domainkey.{}", self.selector, self.domain)
+    }
+
+    /// Does a published TXT value carry this key? (`v=DKIM1`, same `k=`, same `p=`;
+    /// an RSA key may be published as SubjectPublicKeyInfo or bare RSAPublicKey.)
+    pub fn matches(&self, txt: &str) -> bool {
+        use base64::Engine;
+        let tags: std::collections::HashMap<String, String> = txt
+            .split(';')
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| {
+                let v: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+                (k.trim().to_ascii_lowercase(), v)
+            })
+            .collect();
+        if tags.get("v").is_some_and(|v| v != "DKIM1") {
+            return false;
+        }
+        if tags.get("k").map(String::as_str).unwrap_or("rsa") != self.kind {
+            return false;
+        }
+        let Some(p) = tags
+            .get("p")
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+        else {
+            return false;
+        };
+        p == self.public || (self.kind == "rsa" && rsa_spki(&p) == self.public)
+    }
 }
 
 /// The loaded signing keys.
@@ -111,19 +159,23 @@ impl DkimKeys {
                 Some(h) => h.clone(),
                 None => DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect(),
             };
-            let signer = match load_key(&c.key_file)? {
-                KeyKind::Rsa(k) => AnySigner::Rsa(
-                    DkimSigner::from_key(k)
+            let (signer, public, kind) = match load_key(&c.key_file)? {
+                KeyKind::Rsa(k) => {
+                    let public = rsa_spki(&k.public_key());
+                    let s = DkimSigner::from_key(k)
                         .domain(c.domain.clone())
                         .selector(c.selector.clone())
-                        .headers(headers),
-                ),
-                KeyKind::Ed25519(k) => AnySigner::Ed25519(
-                    DkimSigner::from_key(k)
+                        .headers(headers);
+                    (AnySigner::Rsa(s), public, "rsa")
+                }
+                KeyKind::Ed25519(k) => {
+                    let public = k.public_key();
+                    let s = DkimSigner::from_key(k)
                         .domain(c.domain.clone())
                         .selector(c.selector.clone())
-                        .headers(headers),
-                ),
+                        .headers(headers);
+                    (AnySigner::Ed25519(s), public, "ed25519")
+                }
             };
             let patterns = if c.match_from.is_empty() {
                 vec![c.domain.to_ascii_lowercase()]
@@ -134,9 +186,12 @@ impl DkimKeys {
                     .collect()
             };
             entries.push(Entry {
-                domain: c.domain.clone(),
+                domain: c.domain.to_ascii_lowercase(),
+                selector: c.selector.clone(),
                 patterns,
                 signer,
+                public,
+                kind,
             });
         }
         Ok(DkimKeys { entries })
@@ -144,6 +199,21 @@ impl DkimKeys {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The records `domain`'s keys need published.
+    pub fn records_for(&self, domain: &str) -> Vec<KeyRecord> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.entries
+            .iter()
+            .filter(|e| e.domain == domain)
+            .map(|e| KeyRecord {
+                domain: e.domain.clone(),
+                selector: e.selector.clone(),
+                kind: e.kind,
+                public: e.public.clone(),
+            })
+            .collect()
     }
 
     /// Is there a key for mail From `domain`?
@@ -302,6 +372,15 @@ mod tests {
             assert!(text.contains("d=clinic.example") && text.contains("s=s1"));
             assert!(signed.ends_with(msg));
             assert!(keys.sign(b"From: x@other.example\r\n\r\nb\r\n").is_none());
+            let rec = &keys.records_for("Clinic.Example.")[0];
+            assert_eq!(rec.name(), "s1._domainkey.clinic.example");
+            assert!(
+                rec.matches(&g.record),
+                "the generated record matches its key"
+            );
+            let other = generate(alg).expect("generate");
+            assert!(!rec.matches(&other.record), "another key's record does not");
+            assert!(!rec.matches("v=DKIM1; k=rsa; p="));
         }
     }
 }

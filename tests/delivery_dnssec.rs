@@ -4,6 +4,8 @@
 //! Missing tools, or any failure to set the lab up, skip the test (with a SKIP line) or
 //! fail it when CI=true.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -71,6 +73,11 @@ macro_rules! step {
 /// Builds and serves the zone; returns the server guard, its address and the anchor path.
 /// None (after a SKIP line) when the lab cannot be built outside CI.
 fn lab(dir: &Path) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
+    lab_with(dir, "")
+}
+
+/// The lab, with `extra` zone-file lines (relative names) signed into the zone.
+fn lab_with(dir: &Path, extra: &str) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
     for tool in ["ldns-keygen", "ldns-signzone", "knotd", "kdig"] {
         if !have(tool) {
             step!("missing peer tool", Err(tool));
@@ -90,7 +97,7 @@ fn lab(dir: &Path) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
             "$ORIGIN lab.test.\n$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.53\n\
              @ IN MX 10 mx\nmx IN A 127.0.0.1\n_25._tcp.mx IN TLSA 3 1 1 {TLSA_HEX}\n\
              badmx IN A 127.0.0.1\n_25._tcp.badmx IN TLSA 3 1 1 {TLSA_HEX}\n\
-             _mta-sts IN TXT \"v=STSv1; id=20240101;\"\nnull IN MX 0 .\n"
+             _mta-sts IN TXT \"v=STSv1; id=20240101;\"\nnull IN MX 0 .\n{extra}"
         ),
     ));
     run(
@@ -244,4 +251,90 @@ async fn hickory_validates_the_lab_zone() {
         .err()
         .expect("must refuse to start");
     assert!(err.to_string().contains("DNSSEC"), "{err}");
+}
+
+/// `phigate dkim check` against the signed lab zone: one selector published with its key
+/// (ok, DNSSEC secure), one published with another key (mismatch, exit 1); and dkimpy
+/// verifies a signed sandbox copy against the record served by knotd.
+#[test]
+fn dkim_records_in_the_signed_zone() {
+    use common::{Gateway, GwOpts};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (k1, k2) = (dir.path().join("k1.key"), dir.path().join("k2.key"));
+    let mut opts = GwOpts::spool();
+    opts.delivery = Some(
+        "mode = \"sandbox\"\ndns_servers = [\"DNSADDR\"]\ndnssec_trust_anchor = \"ANCHOR\"\n"
+            .into(),
+    );
+    opts.server_extra += &format!(
+        "\n[[dkim]]\ndomain = \"lab.test\"\nselector = \"k1\"\nkey_file = \"{}\"\n\
+         \n[[dkim]]\ndomain = \"lab.test\"\nselector = \"k2\"\nkey_file = \"{}\"\nmatch_from = [\"other.lab.test\"]\n",
+        k1.display(),
+        k2.display()
+    );
+    let mut gw = Gateway::configure(opts);
+    let generate = |sel: &str, path: &Path| {
+        let out = gw.cli_ok(&[
+            "dkim",
+            "generate",
+            "lab.test",
+            "--selector",
+            sel,
+            "--algorithm",
+            "ed25519",
+            "--key-file",
+            &path.display().to_string(),
+        ]);
+        out.split_once(" IN TXT ")
+            .expect("record")
+            .1
+            .trim()
+            .to_string()
+    };
+    let rec1 = generate("k1", &k1);
+    let _ = generate("k2", &k2);
+    // k2's name carries a different key's record.
+    let stray = dir.path().join("stray.key");
+    let wrong = generate("stray", &stray);
+    let extra = format!("k1._domainkey IN TXT {rec1}\nk2._domainkey IN TXT {wrong}\n");
+    let Some((_knot, addr, anchor)) = lab_with(dir.path(), &extra) else {
+        return;
+    };
+    let cfg = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        cfg.replace("DNSADDR", &addr.to_string())
+            .replace("ANCHOR", &anchor.display().to_string()),
+    )
+    .expect("config");
+    let out = gw.cli(&["dkim", "check", "lab.test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a mismatch fails the check: {stdout}"
+    );
+    assert!(
+        stdout.contains("k1._domainkey.lab.test  ok") && stdout.contains("DNSSEC secure"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("k2._domainkey.lab.test  mismatch"),
+        "{stdout}"
+    );
+
+    // A signed copy verified by dkimpy against the record knotd serves.
+    gw.launch();
+    let id = gw.send_eml(
+        b"From: <results@lab.test>\r\nTo: <p@example.net>\r\nSubject: r\r\n\r\nlab result\r\n",
+    );
+    let msgs = gw.wait_messages(1, Duration::from_secs(30));
+    let copy = dir.path().join("signed.eml");
+    std::fs::write(&copy, &msgs.iter().find(|m| m.0 == id).expect("copy").1).expect("copy");
+    let v = common::run_python(
+        &common::peers_dir().join("dkim_verify.py"),
+        &serde_json::json!({"messages": [copy], "dns": addr.to_string()}),
+    );
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert_eq!(v[0]["d"], "lab.test");
 }

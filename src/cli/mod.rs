@@ -145,6 +145,9 @@ pub enum CliError {
     Template(#[from] crate::templates::TemplateError),
     #[error("{0}")]
     Usage(String),
+    /// A check that ran and found a problem (exit status 1).
+    #[error("{0}")]
+    Failed(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
