@@ -296,7 +296,10 @@ fn dkim_records_in_the_signed_zone() {
     // k2's name carries a different key's record.
     let stray = dir.path().join("stray.key");
     let wrong = generate("stray", &stray);
-    let extra = format!("k1._domainkey IN TXT {rec1}\nk2._domainkey IN TXT {wrong}\n");
+    let extra = format!(
+        "k1._domainkey IN TXT {rec1}\nk2._domainkey IN TXT {wrong}\n\
+         _smtp._tls IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@lab.test\"\n"
+    );
     let Some((_knot, addr, anchor)) = lab_with(dir.path(), &extra) else {
         return;
     };
@@ -322,6 +325,13 @@ fn dkim_records_in_the_signed_zone() {
         stdout.contains("k2._domainkey.lab.test  mismatch"),
         "{stdout}"
     );
+    // tls check names the domain's TLS-RPT record and whether phigate signs for it.
+    let report = gw.cli_ok(&["tls", "check", "lab.test"]);
+    assert!(
+        report.contains("TLS-RPT          v=TLSRPTv1; rua=mailto:tlsrpt@lab.test"),
+        "{report}"
+    );
+    assert!(report.contains("DKIM key         yes"), "{report}");
 
     // A signed copy verified by dkimpy against the record knotd serves.
     gw.launch();

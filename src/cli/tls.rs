@@ -33,6 +33,10 @@ pub fn run(config: &Path, action: &TlsAction) -> Result<(), CliError> {
             .with_helo_name(&cfg.server.hostname);
         Ok::<_, CliError>(d.tls_check(domain).await)
     })?;
+    let mut report = report;
+    report.dkim_key = crate::dkim::DkimKeys::load(&cfg.dkim)
+        .map(|k| k.signs(&report.domain))
+        .unwrap_or(false);
     if *json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| CliError::Io(std::io::Error::other(e)))?;
@@ -74,6 +78,8 @@ pub fn table(r: &TlsCheckReport) -> String {
         None => row("MX", &r.mx.join(", ")),
     }
     row("MX DNSSEC", or_dash(&r.mx_dnssec));
+    row("TLS-RPT", r.tls_rpt.as_deref().unwrap_or("none"));
+    row("DKIM key", yes(r.dkim_key));
     let mode = r.mta_sts_mode.as_deref().unwrap_or("none");
     row("MTA-STS", &format!("{} [mode {mode}]", r.mta_sts));
     if !r.mta_sts_mx.is_empty() {

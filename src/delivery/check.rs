@@ -38,6 +38,10 @@ pub struct TlsCheckReport {
     pub mta_sts_mx: Vec<String>,
     pub hosts: Vec<HostCheck>,
     pub would_deliver: bool,
+    /// The domain's TLS-RPT record (`_smtp._tls`, RFC 8460), if it publishes one.
+    pub tls_rpt: Option<String>,
+    /// Whether a `[[dkim]]` key signs mail From this domain (filled in by the CLI).
+    pub dkim_key: bool,
 }
 
 impl Deliverer {
@@ -50,6 +54,12 @@ impl Deliverer {
             level: format!("{level:?}"),
             ..TlsCheckReport::default()
         };
+        if let Ok(a) = self.resolver.txt(&format!("_smtp._tls.{domain}")).await {
+            report.tls_rpt = a
+                .records
+                .into_iter()
+                .find(|r| r.trim_start().starts_with("v=TLSRPTv1"));
+        }
         let route = match route::resolve(self.resolver.as_ref(), &domain, self.cfg.mx_port).await {
             Ok(r) => r,
             Err(e) => {
