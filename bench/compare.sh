@@ -7,6 +7,7 @@
 #   sudo bench/compare.sh --idle         # phigate: RSS with 10,000 idle TLS sessions (bench/idle.sh)
 #   sudo bench/compare.sh --phigate-only # phigate runs alone, with perf stat (for profiling work)
 #   ATTACH=pdf sudo bench/compare.sh     # the attachment is a real text PDF (DLP extracts it)
+#   sudo bench/compare.sh --api          # phigate: HTTPS API (examples/apiload) vs SMTP, alternating
 #
 # Everything is on 127.0.0.1. The load generator (examples/loadgen.rs) sends to
 #   phigate  implicit TLS 127.0.0.1:$PHIGATE_PORT   -> spool (AES-GCM, fsync) -> STARTTLS, verified -> sink
@@ -23,6 +24,7 @@ BIND=127.0.0.1
 SINK_PORT=${SINK_PORT:-11026}
 POSTFIX_PORT=${POSTFIX_PORT:-11465}; POSTFIX_SUB_PORT=${POSTFIX_SUB_PORT:-11587}
 PHIGATE_PORT=${PHIGATE_PORT:-12465}; PHIGATE_SUB_PORT=${PHIGATE_SUB_PORT:-12587}
+API_PORT=${API_PORT:-12443}      # --api: phigate's [api] listen
 MESSAGES=${MESSAGES:-2000}       # per measured run
 SESSIONS=${SESSIONS:-50}
 ATTACH=${ATTACH:-random}          # loadgen --attachment: random bytes, or a real text PDF (DLP extracts it)
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
     --big) MODE=big ;;
     --idle) MODE=idle ;;
     --phigate-only) MODE=phigate ;;
+    --api) MODE=api ;;
     --messages) MESSAGES=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
@@ -241,6 +244,9 @@ generate_key = true
 [queue]
 concurrency = 50
 EOF
+  # --api: the HTTPS API on the same pipeline, same certificate as the SMTP listeners.
+  if [ "$MODE" = api ]; then printf '\n[api]\nlisten = "%s:%s"\ncert = "%s"\nkey = "%s"\n' \
+    "$BIND" "$API_PORT" "$PKI/relay-chain.pem" "$PKI/relay.key" >> "$PG/phigate.toml"; fi
   (ulimit -n "$(ulimit -Hn)"; exec ${PHIGATE_WRAP:-} "$PHIGATE" serve --log-level "$PHIGATE_LOG" --config "$PG/phigate.toml") \
     >"$PG/stdout.log" 2>"$PG/phigate.log" &
   PHIGATE_PID=$!; STARTED="$STARTED $PHIGATE_PID"
@@ -284,7 +290,7 @@ build
 [ -x "$EX/loadgen" ] && [ -x "$EX/sink" ] && [ -x "$PHIGATE" ] || die "build the release binaries first"
 mkdir -p "$WORKDIR"; ensure_pki
 rm -rf "$RUN" "$RES"; mkdir -p "$RUN" "$RES"
-require_free "$SINK_PORT" "$POSTFIX_PORT" "$POSTFIX_SUB_PORT" "$PHIGATE_PORT" "$PHIGATE_SUB_PORT"
+require_free "$SINK_PORT" "$POSTFIX_PORT" "$POSTFIX_SUB_PORT" "$PHIGATE_PORT" "$PHIGATE_SUB_PORT" "$API_PORT"
 FAILS=0
 start_sink
 
@@ -335,6 +341,42 @@ phigate)
     gdb -p "$PHIGATE_PID" -batch -ex 'call (int)malloc_trim(0)' >/dev/null 2>&1 || true
     echo "after malloc_trim: rss_mb=$(( $(rss_kb "$PHIGATE_PID") / 1024 ))"
   fi
+  ;;
+api)
+  # API vs SMTP on one phigate (Postfix has no HTTP API): same DLP, sink, load and size.
+  [ -x "$EX/apiload" ] || die "build examples/apiload first"
+  start_phigate; wait_port "$API_PORT"
+  # A real (non-sandbox) key, so API mail goes to the sink like SMTP mail does.
+  ( umask 077; "$PHIGATE" --config "$PG/phigate.toml" api-key create bench --scope send,read > "$PG/api.key" ) \
+    || die "phigate api-key create failed"
+  env_info
+  apicmd() { # run sessions messages
+    LOADCMD=("$EX/apiload" --target "$BIND:$API_PORT" --ca-file "$PKI/ca.pem" --sni "$BIND"
+             --key-file "$PG/api.key" --sessions "$2" --messages "$3" --size "$SIZE" --run "$1" --timeout 280)
+  }
+  log "warm-up ($WARMUP messages each)"
+  warmup phigate "$PHIGATE_PORT" "$PHIGATE_PID"
+  apicmd warmup-api 10 "$WARMUP"
+  "$PY" "$HERE/benchlib.py" measure --name warmup-api --label warmup --pid "$PHIGATE_PID" \
+    --sink-stats "$RUN/sink.json" --results "$RES/warmup.jsonl" -- "${LOADCMD[@]}" || true
+  for i in $(seq 1 "$REPEAT"); do
+    measure "smtp#$i" smtp "$PHIGATE_PID" "$PHIGATE_PORT" "$TLS_IN" relay.perf.test
+    apicmd "api#$i" "$SESSIONS" "$MESSAGES"
+    "$PY" "$HERE/benchlib.py" measure --name "api#$i" --label api --pid "$PHIGATE_PID" \
+      --sink-stats "$RUN/sink.json" --results "$RES/results.jsonl" --drain-timeout 120 -- "${LOADCMD[@]}" || FAILS=$((FAILS + 1))
+  done
+  echo
+  "$PY" "$HERE/benchlib.py" report --results "$RES/results.jsonl" | tee "$RES/report.txt"
+  "$PY" - "$RES/results.jsonl" <<'PYEOF' | tee -a "$RES/report.txt"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+med = lambda lab, k: statistics.median([r[k] for r in rows if r["label"] == lab and r.get(k) is not None] or [0])
+a, s = med("api", "e2e_msgs_per_s"), med("smtp", "e2e_msgs_per_s")
+for lab in ("api", "smtp"):
+    print(f"{lab}: e2e_msgs_per_s={med(lab, 'e2e_msgs_per_s'):.1f} accept_ms_p99={med(lab, 'accept_ms_p99'):.1f} "
+          f"cpu_ms_per_msg={med(lab, 'cpu_s_per_1000'):.2f}")
+print(f"api_vs_smtp_ratio={a / s if s else float('nan'):.2f}")
+PYEOF
   ;;
 compare)
   start_postfix
