@@ -4,26 +4,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use phigate::message::TextView;
-use std::sync::Once;
 
-/// libFuzzer's panic hook aborts before unwinding, so even a panic phigate catches is a
-/// crash. TextView::from_bytes catches panics from mail-parser's debug assertions (see
-/// src/message.rs); let exactly those unwind. Any other panic still aborts.
-fn tolerate_caught_parser_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let abort_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info
-                .location()
-                .is_some_and(|l| l.file().contains("/mail-parser-"))
-            {
-                return;
-            }
-            abort_hook(info);
-        }));
-    });
-}
+#[path = "common/parser_panics.rs"]
+mod parser_panics;
+use parser_panics::tolerate_caught_parser_panics;
 
 fuzz_target!(|data: &[u8]| {
     tolerate_caught_parser_panics();
