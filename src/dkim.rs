@@ -146,11 +146,7 @@ fn covers(pattern: &str, domain: &str) -> bool {
 
 /// The domain of the message's first From address, lower-cased.
 pub fn from_domain(content: &[u8]) -> Option<String> {
-    // As in message.rs: a mail-parser debug assertion on hostile input is "no From".
-    let msg =
-        std::panic::catch_unwind(|| mail_parser::MessageParser::default().parse_headers(content))
-            .ok()
-            .flatten()?;
+    let msg = crate::message::parse_headers(content)?;
     let addr = msg.from()?.first()?.address()?;
     Some(addr.rsplit_once('@')?.1.to_ascii_lowercase())
 }

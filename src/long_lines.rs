@@ -8,7 +8,7 @@
 //! Parts already in quoted-printable or base64 are left alone (their encoders wrap lines);
 //! nested messages are re-encoded inside; header lines are not touched.
 
-use mail_parser::{Encoding, MessageParser, PartType};
+use mail_parser::{Encoding, PartType};
 
 /// RFC 5322 §2.1.1: a line is at most 998 octets before CRLF.
 pub const MAX_LINE: usize = 998;
@@ -32,11 +32,8 @@ fn reencode_at(raw: &[u8], depth: usize) -> Option<Vec<u8>> {
     if depth > MAX_DEPTH || !has_long_line(raw) {
         return None;
     }
-    // mail-parser's internal debug assertions trip on hostile MIME (found by
-    // fuzz/long_lines): a panic leaves the message as it came, like an unparseable one.
-    let msg = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
-        .ok()
-        .flatten()?;
+    // Unparseable (or tripping the parser): the message goes as it came.
+    let msg = crate::message::parse(raw)?;
     // (start, end, replacement) over `raw`; leaf parts never overlap.
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     for (index, part) in msg.parts.iter().enumerate() {
@@ -154,6 +151,7 @@ fn quoted_printable(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mail_parser::MessageParser;
 
     fn decoded_parts(raw: &[u8]) -> Vec<Vec<u8>> {
         let m = MessageParser::default().parse(raw).expect("parse");

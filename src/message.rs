@@ -70,6 +70,22 @@ pub struct TextView {
     pub size: usize,
 }
 
+/// mail-parser has internal debug assertions that hostile MIME trips (found by
+/// fuzz/mime_view and fuzz/long_lines): every parse of untrusted mail goes through here,
+/// so a panic there is an unparseable message, never an ended session.
+pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten()
+}
+
+/// [`parse`] for the header block only.
+pub fn parse_headers(raw: &[u8]) -> Option<Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse_headers(raw))
+        .ok()
+        .flatten()
+}
+
 impl TextView {
     /// Build the view from a raw RFC 5322 message. Never fails: an unparseable message
     /// is scanned as raw text and flagged undecodable.
@@ -78,13 +94,7 @@ impl TextView {
             size: raw.len(),
             ..TextView::default()
         };
-        // mail-parser has internal debug assertions that hostile MIME trips (found by
-        // fuzz/mime_view); a panic there must not end the session: the message is then
-        // treated as unparseable like any other.
-        let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
-            .ok()
-            .flatten();
-        match parsed {
+        match parse(raw) {
             Some(msg) => {
                 let mut next_part = 0;
                 view.walk(&msg, 0, &mut next_part);
