@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod breach;
+mod portal;
 pub use breach::{incident_event, BulkAction, Selected};
+pub use portal::PortalRow;
 
 /// Longest request line accepted (requests are small; this only bounds memory).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -127,6 +129,22 @@ pub enum Request {
     ApiKeyList,
     ApiKeyRevoke {
         name: String,
+    },
+    /// `phigate portal list|show|revoke|extend|resend`.
+    PortalList,
+    PortalShow {
+        id: MessageId,
+    },
+    PortalRevoke {
+        id: MessageId,
+    },
+    /// `by` in seconds.
+    PortalExtend {
+        id: MessageId,
+        by: u64,
+    },
+    PortalResend {
+        id: MessageId,
     },
 }
 
@@ -295,6 +313,7 @@ struct Control {
     cfg: Config,
     keys: Mutex<Vec<KeyInfo>>,
     started: Instant,
+    portal: Option<Arc<crate::portal::Portal>>,
 }
 
 /// Bind the control socket (if configured) and serve it until `shutdown` is cancelled.
@@ -305,6 +324,7 @@ pub async fn start(
     services: Services,
     queue: Arc<Queue>,
     keys: Vec<KeyInfo>,
+    portal: Option<Arc<crate::portal::Portal>>,
     shutdown: CancellationToken,
 ) -> Result<Option<JoinHandle<()>>, ControlError> {
     let Some(path) = cfg.server.control_socket.clone() else {
@@ -317,6 +337,7 @@ pub async fn start(
         cfg: cfg.clone(),
         keys: Mutex::new(keys),
         started: Instant::now(),
+        portal,
     });
     info!(socket = %path.display(), "control socket listening");
     Ok(Some(tokio::spawn(serve(ctl, listener, path, shutdown))))
@@ -531,6 +552,11 @@ impl Control {
             req @ (Request::ApiKeyCreate { .. }
             | Request::ApiKeyList
             | Request::ApiKeyRevoke { .. }) => return self.api_keys(req, admin),
+            req @ (Request::PortalList
+            | Request::PortalShow { .. }
+            | Request::PortalRevoke { .. }
+            | Request::PortalExtend { .. }
+            | Request::PortalResend { .. }) => return self.portal(req, admin).await,
             Request::KeysReload => self.reload_keys(admin).map(|v| Response::ok(&v)),
             Request::KeysRewrap => self.rewrap(admin).await.map(|v| Response::ok(&v)),
             Request::QuarantineList => self.quarantine_list().map(|v| Response::ok(&v)),

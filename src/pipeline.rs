@@ -6,14 +6,14 @@ use crate::audit::AuditEvent;
 use crate::config::WebhookEvent;
 use crate::message::TextView;
 use crate::metrics::reply_reason;
-use crate::policy::{Action, MessageContext, Policy, RcptContext, RcptVerdict};
+use crate::policy::{Action, ActivePolicy, MessageContext, Policy, RcptContext, RcptVerdict};
 use crate::queue::Queue;
 use crate::services::Services;
 use crate::spool::{RecipientState, SpoolError};
 use crate::types::{AuthIdentity, Envelope, MessageId, Reply};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// A complete message as received, with the Received header already prepended.
@@ -169,7 +169,7 @@ pub trait Handoff: Send + Sync + 'static {
 pub struct Pipeline {
     services: Services,
     queue: Arc<Queue>,
-    policy: RwLock<Arc<Policy>>,
+    policy: Arc<ActivePolicy>,
     /// Free bytes the spool's file system must keep after a message (`[spool] min_free`).
     min_free: std::sync::atomic::AtomicU64,
     /// The attachment-extraction worker pool: messages that need extraction are decided
@@ -196,11 +196,16 @@ struct Verdict {
 
 impl Pipeline {
     pub fn new(services: Services, queue: Arc<Queue>, policy: Policy) -> Self {
-        let workers = policy.scanner().limits().worker_count();
+        Self::with_active(services, queue, ActivePolicy::new(policy))
+    }
+
+    /// The pipeline on a policy handle shared with others (the portal).
+    pub fn with_active(services: Services, queue: Arc<Queue>, policy: Arc<ActivePolicy>) -> Self {
+        let workers = policy.get().scanner().limits().worker_count();
         Pipeline {
             services,
             queue,
-            policy: RwLock::new(Arc::new(policy)),
+            policy,
             min_free: std::sync::atomic::AtomicU64::new(0),
             extract_permits: Arc::new(tokio::sync::Semaphore::new(workers)),
         }
@@ -230,14 +235,11 @@ impl Pipeline {
 
     /// Swap in a reloaded policy; sessions in flight finish with the one they started with.
     pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.policy.set(policy);
     }
 
     fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.policy.get()
     }
 
     /// Parse, scan and decide. Small messages (the common case: DLP takes ~0.1 ms on
@@ -325,6 +327,13 @@ fn decide_now(policy: &Policy, mut env: Envelope, content: Vec<u8>) -> Verdict {
     // sender forged, which must not reach recipients on untagged mail either.
     let content = d.apply_to_owned(content);
     env.tls_floor = env.tls_floor.max(d.enforced.require_tls);
+    if d.mode == crate::dlp::Mode::Enforce {
+        for (r, rd) in env.recipients.iter_mut().zip(&d.recipients) {
+            if rd.outcome.action == Action::Portal {
+                r.portal = Some(rd.outcome.rule.clone().unwrap_or_else(|| "default".into()));
+            }
+        }
+    }
     Verdict {
         action: d.enforced.action,
         rule: d.enforced.rule.clone().unwrap_or_else(|| "default".into()),

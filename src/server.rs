@@ -66,6 +66,10 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::http::HttpError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
+    #[error("portal: {0}")]
+    PortalStore(#[from] crate::portal::PortalError),
+    #[error("portal: {0}")]
+    Portal(String),
 }
 
 /// What a signal asks the server to do.
@@ -140,7 +144,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
                 .with_helo_name(&cfg.server.hostname)
                 .with_sts_cache(Arc::new(crate::delivery::sts_store::SpoolStsCache::new(
                     spool.clone(),
-                ))),
+                )))
+                .with_notice_plaintext(cfg.portal.as_ref().is_some_and(|p| p.notify_without_tls)),
         ),
     };
     // Sandbox API keys never reach a real MX, whatever the mode.
@@ -201,10 +206,24 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         dkim,
     };
     let queue = Queue::new(services.clone(), transport, queue_settings(&cfg));
-    let pipeline = Arc::new(Pipeline::new(
+    let policy = crate::policy::ActivePolicy::new(load_policy(&cfg)?);
+    let portal = match &cfg.portal {
+        Some(p) => {
+            let portal = crate::portal::Portal::open(
+                services.clone(),
+                p,
+                &cfg.server.hostname,
+                policy.clone(),
+            )?;
+            queue.set_portal(portal.clone());
+            Some(portal)
+        }
+        None => None,
+    };
+    let pipeline = Arc::new(Pipeline::with_active(
         services.clone(),
         queue.clone(),
-        load_policy(&cfg)?,
+        policy,
     ));
     pipeline.set_min_free(cfg.spool.min_free.0);
     let limiter = Arc::new(FailureLimiter::new(
@@ -227,6 +246,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         services.clone(),
         queue.clone(),
         key_list,
+        portal.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -239,6 +259,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let api = match &cfg.api {
         Some(api) => Some(start_api(&cfg, api, &services, &pipeline, shutdown.clone()).await?),
         None => None,
+    };
+    let portal_tls = match (&cfg.portal, &portal) {
+        (Some(pc), Some(p)) => {
+            Some(start_portal(&cfg, pc, p, queue_stop.clone(), shutdown.clone()).await?)
+        }
+        _ => None,
     };
     let front = FrontEnd {
         services: services.clone(),
@@ -300,7 +326,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             &current,
             config_path.as_deref(),
             &tls,
-            api.as_ref(),
+            HttpFronts {
+                api: api.as_ref(),
+                portal: portal_tls.as_ref().zip(portal.as_ref()),
+            },
             &pipeline,
             &front,
             &shared,
@@ -433,6 +462,9 @@ fn queue_settings(cfg: &Config) -> QueueSettings {
         concurrency: cfg.queue.concurrency,
         content_after_delivery: cfg.retention.content_after_delivery.0,
         metadata_retention: cfg.retention.metadata.0,
+        portal_after: (cfg.portal.is_some()
+            && cfg.delivery.on_tls_failure == crate::config::OnTlsFailure::Portal)
+            .then_some(cfg.delivery.portal_after.0),
     }
 }
 
@@ -525,10 +557,22 @@ fn install_credentials(services: &Services, cfg: &Config, shared: &Shared) {
 
 /// The DLP/recipient policy named by the config, or the permissive built-in one.
 pub fn load_policy(cfg: &Config) -> Result<Policy, ServerError> {
-    Ok(match &cfg.policy.file {
+    let policy = match &cfg.policy.file {
         Some(p) => Policy::load(p)?,
         None => Policy::permissive()?,
-    })
+    };
+    if let (Some(rule), None) = (policy.uses_portal(), &cfg.portal) {
+        return Err(ServerError::Portal(format!(
+            "{}: rule `{rule}` has action \"portal\", but {} has no [portal] section",
+            cfg.policy
+                .file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            cfg.source
+        )));
+    }
+    Ok(policy)
 }
 
 /// The running API, for reloads.
@@ -571,6 +615,7 @@ async fn start_api(
             services.spool.store().clone(),
             api.idempotency_ttl.0,
         ),
+        portal: cfg.portal.is_some(),
     });
     http::start(state.clone(), tls.clone(), shutdown)
         .await
@@ -582,13 +627,44 @@ async fn start_api(
     Ok(ApiHandle { tls, state })
 }
 
+/// The HTTPS front ends a reload touches (certificates, templates).
+struct HttpFronts<'a> {
+    api: Option<&'a ApiHandle>,
+    portal: Option<(&'a ServerTls, &'a Arc<crate::portal::Portal>)>,
+}
+
+/// Start the portal's pages and its expiry sweep; returns the TLS handle for reloads.
+async fn start_portal(
+    cfg: &Config,
+    pc: &crate::config::PortalConfig,
+    portal: &Arc<crate::portal::Portal>,
+    queue_stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<ServerTls, ServerError> {
+    let tls = ServerTls::new(&crate::https::tls_config(&cfg.tls, &pc.cert, &pc.key))?;
+    let web = crate::portal::web::WebState::new(portal.clone()).map_err(ServerError::Portal)?;
+    crate::portal::web::start(web, tls.clone(), shutdown)
+        .await
+        .map_err(|source| ServerError::Bind {
+            name: "portal".into(),
+            addr: pc.listen.to_string(),
+            source,
+        })?;
+    tokio::spawn(
+        portal
+            .clone()
+            .run_expiry(std::time::Duration::from_secs(30), queue_stop),
+    );
+    Ok(tls)
+}
+
 /// Re-read what can change without a restart. Everything is built first and swapped
 /// only when all of it succeeded, so an error leaves the running config untouched.
 fn reload(
     current: &Config,
     path: Option<&std::path::Path>,
     tls: &ServerTls,
-    api: Option<&ApiHandle>,
+    fronts: HttpFronts<'_>,
     pipeline: &Pipeline,
     front: &FrontEnd,
     shared: &RwLock<Arc<Shared>>,
@@ -600,9 +676,13 @@ fn reload(
     let new_shared = build_shared(&new, front)?;
     let policy = load_policy(&new)?;
     tls.reload(&new.tls)?;
-    if let (Some(h), Some(api)) = (api, &new.api) {
+    if let (Some(h), Some(api)) = (fronts.api, &new.api) {
         h.tls.reload(&crate::api::http::tls_config(&new.tls, api))?;
         h.state.reload_templates()?;
+    }
+    if let (Some((ptls, p)), Some(pc)) = (fronts.portal, &new.portal) {
+        ptls.reload(&crate::https::tls_config(&new.tls, &pc.cert, &pc.key))?;
+        p.reload()?;
     }
     pipeline.set_policy(policy);
     pipeline.set_min_free(new.spool.min_free.0);

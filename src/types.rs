@@ -98,6 +98,10 @@ pub struct Recipient {
     pub notify: Option<Notify>,
     /// RFC 3461 ORCPT as (address type, decoded address).
     pub orcpt: Option<(String, String)>,
+    /// Why this recipient goes to the secure portal instead of SMTP delivery (a policy
+    /// rule's name, or `api`); `None` for normal delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<String>,
 }
 
 impl Recipient {
@@ -106,6 +110,7 @@ impl Recipient {
             address: address.into(),
             notify: None,
             orcpt: None,
+            portal: None,
         }
     }
 
@@ -142,6 +147,11 @@ pub const API_LISTENER: &str = "api";
 /// The listener name of sandbox-key submissions: the queue delivers these to
 /// `data_dir/sandbox/` whatever the delivery mode.
 pub const API_SANDBOX_LISTENER: &str = "api-sandbox";
+/// The listener name of portal notifications and code mails (PHI-free; the only mail
+/// that may leave without TLS, as a `notice::Notice`).
+pub const NOTICE_LISTENER: &str = "portal-notice";
+/// The listener name of secure replies written on the portal.
+pub const PORTAL_REPLY_LISTENER: &str = "portal-reply";
 
 impl fmt::Display for AuthIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -191,19 +201,51 @@ pub struct Envelope {
 pub enum Status {
     Queued,
     InFlight,
-    Deferred { next_attempt: u64, reason: String },
-    Delivered { reply: String },
-    Bounced { reason: String },
-    Expired { reason: String },
-    Quarantined { rule: String },
+    Deferred {
+        next_attempt: u64,
+        reason: String,
+    },
+    Delivered {
+        reply: String,
+    },
+    Bounced {
+        reason: String,
+    },
+    Expired {
+        reason: String,
+    },
+    Quarantined {
+        rule: String,
+    },
+    /// Handed to the secure portal (`portal` is the portal message ID) and notified;
+    /// the link works until `expires_at`.
+    Portal {
+        portal: String,
+        expires_at: u64,
+    },
+    /// The recipient verified and opened the portal message.
+    PickedUp {
+        portal: String,
+        at: u64,
+    },
+    /// An administrator revoked the portal link; the content is shredded.
+    Revoked {
+        portal: String,
+    },
 }
 
 impl Status {
-    /// True when nothing more will happen to this recipient.
+    /// True when the queue has nothing more to do for this recipient (portal states
+    /// are final for the queue: the portal keeps its own copy).
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Status::Delivered { .. } | Status::Bounced { .. } | Status::Expired { .. }
+            Status::Delivered { .. }
+                | Status::Bounced { .. }
+                | Status::Expired { .. }
+                | Status::Portal { .. }
+                | Status::PickedUp { .. }
+                | Status::Revoked { .. }
         )
     }
 }

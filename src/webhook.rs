@@ -73,6 +73,9 @@ fn subscription(event_type: &str) -> Option<WebhookEvent> {
         "message.released" => WebhookEvent::Released,
         "message.deleted" => WebhookEvent::Deleted,
         "security.alert" => WebhookEvent::SecurityAlert,
+        "message.portal" => WebhookEvent::Portal,
+        "message.picked_up" => WebhookEvent::PickedUp,
+        "message.revoked" => WebhookEvent::Revoked,
         _ => return None,
     })
 }

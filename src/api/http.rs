@@ -12,21 +12,19 @@ use crate::pipeline::Pipeline;
 use crate::services::Services;
 use crate::templates::Templates;
 use crate::tls::server::ServerTls;
-use crate::types::{Status, TlsInfo};
+use crate::types::Status;
 use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired Idempotency-Key records are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -40,6 +38,8 @@ pub struct ApiState {
     /// Replaced whole on SIGHUP (`reload_templates`).
     pub templates: RwLock<Arc<Templates>>,
     pub idempotency: Idempotency,
+    /// A `[portal]` is configured (`"portal": "always"` is accepted).
+    pub portal: bool,
 }
 
 impl ApiState {
@@ -64,12 +64,7 @@ impl ApiState {
     }
 }
 
-/// Facts of one HTTPS connection, for the audit trail and the envelope.
-#[derive(Clone)]
-pub struct Conn {
-    pub peer: IpAddr,
-    pub tls: TlsInfo,
-}
+pub use crate::https::Conn;
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -109,58 +104,13 @@ pub async fn start(
             }
         }
     });
-    let app = router(state);
-    Ok(tokio::spawn(async move {
-        loop {
-            let (sock, peer) = tokio::select! {
-                r = tcp.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        debug!(error = %e, "api accept failed");
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            // The acceptor is fetched per connection so a SIGHUP certificate reload applies.
-            let acceptor = tls.acceptor();
-            let app = app.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move { serve_conn(sock, peer, acceptor, app, stop).await });
-        }
-    }))
-}
-
-async fn serve_conn(
-    sock: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    stop: CancellationToken,
-) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return debug!(peer = %peer.ip(), error = %e, "api TLS handshake failed"),
-        Err(_) => return debug!(peer = %peer.ip(), "api TLS handshake timed out"),
-    };
-    let (_, session) = stream.get_ref();
-    // Named as for SMTP sessions (TLSv1.3, IANA cipher names), so the audit trail and
-    // policy see one vocabulary whatever the front end.
-    let conn = Conn {
-        peer: peer.ip(),
-        tls: crate::tls::server::session_info(session).0,
-    };
-    let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(conn)));
-    let http = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-    tokio::pin!(http);
-    tokio::select! {
-        r = &mut http => if let Err(e) = r { debug!(error = %e, "api connection ended") },
-        _ = stop.cancelled() => {
-            http.as_mut().graceful_shutdown();
-            let _ = http.await;
-        }
-    }
+    Ok(crate::https::serve(
+        tcp,
+        tls,
+        router(state),
+        shutdown,
+        "api",
+    ))
 }
 
 /// The caller's key, checked for `scope`.
@@ -414,12 +364,7 @@ fn answer(reqs: &[Result<SendRequest, ApiError>], outcomes: &[Outcome], batch: b
 /// The API's TLS settings: its own certificate if `[api]` names one, else `[tls]`'s;
 /// never a client-certificate request (keys authenticate API callers).
 pub fn tls_config(tls: &crate::config::TlsConfig, api: &ApiConfig) -> crate::config::TlsConfig {
-    crate::config::TlsConfig {
-        cert: api.cert.clone().unwrap_or_else(|| tls.cert.clone()),
-        key: api.key.clone().unwrap_or_else(|| tls.key.clone()),
-        client_ca: None,
-        ..tls.clone()
-    }
+    crate::https::tls_config(tls, &api.cert, &api.key)
 }
 
 /// Sandbox convenience (`sandbox_key_file`): make sure the file holds a working

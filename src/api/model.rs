@@ -54,7 +54,9 @@ pub struct SendRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "verify")]
     pub tls: Option<TlsLevel>,
-    /// `auto` and `never`: no portal on this gateway yet; `always` is refused (422).
+    /// `always`: every recipient gets the message through the secure portal (422
+    /// portal-unavailable without a `[portal]`); `auto` (default) and `never`: SMTP, with
+    /// the gateway's `on_tls_failure` fallback.
     #[serde(default)]
     pub portal: PortalMode,
     /// An admin template (`[api] templates_dir`) for subject, text and html.

@@ -68,7 +68,7 @@ pub async fn submit(
     size: usize,
     mark: Option<Mark<'_>>,
 ) -> Result<SendResponse, ApiError> {
-    if req.portal == PortalMode::Always {
+    if req.portal == PortalMode::Always && !st.portal {
         return Err(ApiError::PortalUnavailable);
     }
     let req = apply_template(st, req)?;
@@ -125,7 +125,11 @@ pub async fn submit(
             accepted: &accepted,
         });
         if refused.is_none() {
-            accepted.push(Recipient::new(addr.as_str()));
+            let mut r = Recipient::new(addr.as_str());
+            if req.portal == PortalMode::Always {
+                r.portal = Some("api".into());
+            }
+            accepted.push(r);
         }
         results.push(RecipientResult {
             address: addr.clone(),

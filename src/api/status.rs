@@ -153,6 +153,9 @@ fn status_inner(st: &ApiState, headers: &HeaderMap, id: &str) -> Result<StatusRe
             Status::Bounced { reason } => ("bounced", Some(reason.clone()), None),
             Status::Expired { reason } => ("expired", Some(reason.clone()), None),
             Status::Quarantined { rule } => ("quarantined", Some(rule.clone()), None),
+            Status::Portal { expires_at, .. } => ("portal", None, Some(*expires_at)),
+            Status::PickedUp { .. } => ("picked-up", None, None),
+            Status::Revoked { .. } => ("revoked", None, None),
         };
         let history: Vec<AttemptView> = s
             .history

@@ -44,6 +44,22 @@ pub enum Kind {
     Hold,
     /// `phigate audit incident` was run.
     IncidentReport,
+    /// A recipient was handed to the secure portal and a notification queued.
+    PortalNotified,
+    /// A portal notification or code mail left (with its TLS facts).
+    PortalNoticeSent,
+    PortalCodeRequested,
+    PortalCodeFailed,
+    PortalVerified,
+    /// The message page was shown; the first time also means picked up.
+    PortalViewed,
+    PortalPickedUp,
+    PortalDownloaded,
+    PortalReplied,
+    PortalExpired,
+    PortalRevoked,
+    PortalExtended,
+    PortalResent,
 }
 
 impl Kind {
@@ -76,6 +92,19 @@ impl Kind {
             Kind::Freeze => "freeze",
             Kind::Hold => "hold",
             Kind::IncidentReport => "incident_report",
+            Kind::PortalNotified => "portal_notified",
+            Kind::PortalNoticeSent => "portal_notice_sent",
+            Kind::PortalCodeRequested => "portal_code_requested",
+            Kind::PortalCodeFailed => "portal_code_failed",
+            Kind::PortalVerified => "portal_verified",
+            Kind::PortalViewed => "portal_viewed",
+            Kind::PortalPickedUp => "portal_picked_up",
+            Kind::PortalDownloaded => "portal_downloaded",
+            Kind::PortalReplied => "portal_replied",
+            Kind::PortalExpired => "portal_expired",
+            Kind::PortalRevoked => "portal_revoked",
+            Kind::PortalExtended => "portal_extended",
+            Kind::PortalResent => "portal_resent",
         }
     }
 }

@@ -46,6 +46,21 @@ fn policy_for(config: &Path) -> Result<Policy, CliError> {
     })
 }
 
+/// What `[delivery] on_tls_failure` does for recipients policy sends by SMTP.
+fn tls_fallback(config: &Path) -> String {
+    let Ok(cfg) = Config::read(config) else {
+        return String::new();
+    };
+    use crate::config::OnTlsFailure;
+    match (cfg.delivery.on_tls_failure, &cfg.portal) {
+        (OnTlsFailure::Portal, Some(_)) => format!(
+            "delivery fallback: a recipient whose servers cannot be reached over the TLS it needs goes to the secure portal after {}s of retries (a REQUIRETLS message at once)\n",
+            cfg.delivery.portal_after.0
+        ),
+        _ => "delivery fallback: none (on_tls_failure = \"defer\"): TLS failures are retried until the queue expires\n".into(),
+    }
+}
+
 fn read_message(file: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))
 }
@@ -76,8 +91,9 @@ pub fn run_policy(config: &Path, action: &PolicyAction) -> Result<(), CliError> 
         PolicyAction::Explain { from, to, file } => {
             let policy = policy_for(config)?;
             print!(
-                "{}",
-                crate::policy::explain(&policy, from, to, &read_message(file)?)
+                "{}{}",
+                crate::policy::explain(&policy, from, to, &read_message(file)?),
+                tls_fallback(config)
             );
         }
     }

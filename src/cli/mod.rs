@@ -8,6 +8,7 @@ pub mod dkim;
 mod dlp;
 mod freeze;
 mod keys;
+mod portal;
 mod quarantine;
 mod queue;
 mod sts;
@@ -90,6 +91,11 @@ pub enum Command {
     Quarantine {
         #[command(subcommand)]
         action: quarantine::QuarantineAction,
+    },
+    /// Secure portal messages (list, show, revoke, extend, resend).
+    Portal {
+        #[command(subcommand)]
+        action: portal::PortalAction,
     },
     /// DKIM signing keys.
     Dkim {
@@ -216,7 +222,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let cfg = Config::load(&cli.config)?;
             let mut summary = cfg.summary();
             if let Some(p) = &cfg.policy.file {
-                let policy = crate::policy::Policy::load(p)?;
+                // The server's own loader: it also refuses a `portal` rule without [portal].
+                let policy = crate::server::load_policy(&cfg)?;
                 summary.push_str(&format!(
                     ", policy {} ({:?} mode)",
                     p.display(),
@@ -243,5 +250,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Freeze { action } => freeze::run_freeze(&cli.config, action),
         Command::ApiKey { action } => api_key::run(&cli.config, action),
         Command::Dkim { action } => dkim::run(&cli.config, action),
+        Command::Portal { action } => portal::run(&cli.config, action),
     }
 }

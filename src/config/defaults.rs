@@ -95,3 +95,7 @@ pub fn audit_retention() -> Seconds {
 pub fn events_retention() -> Seconds {
     Seconds(30 * 86400)
 }
+
+pub fn portal_after() -> Seconds {
+    Seconds(3600)
+}

@@ -86,6 +86,9 @@ pub struct Config {
     /// The HTTPS submission API (`[api]`); off when absent.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// `[portal]`: the secure pickup portal; off when absent.
+    #[serde(default)]
+    pub portal: Option<PortalConfig>,
     /// DKIM signing keys (`[[dkim]]`), one per signing domain and selector.
     #[serde(default, rename = "dkim")]
     pub dkim: Vec<DkimConfig>,
@@ -116,10 +119,15 @@ pub enum WebhookEvent {
     Deleted,
     #[serde(rename = "security_alert", alias = "security.alert")]
     SecurityAlert,
+    /// Handed to the secure portal and notified.
+    Portal,
+    #[serde(rename = "picked_up")]
+    PickedUp,
+    Revoked,
 }
 
 impl WebhookEvent {
-    pub const ALL: [WebhookEvent; 9] = [
+    pub const ALL: [WebhookEvent; 12] = [
         WebhookEvent::Queued,
         WebhookEvent::Deferred,
         WebhookEvent::Delivered,
@@ -129,6 +137,9 @@ impl WebhookEvent {
         WebhookEvent::Released,
         WebhookEvent::Deleted,
         WebhookEvent::SecurityAlert,
+        WebhookEvent::Portal,
+        WebhookEvent::PickedUp,
+        WebhookEvent::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +153,9 @@ impl WebhookEvent {
             WebhookEvent::Deferred => "deferred",
             WebhookEvent::Deleted => "deleted",
             WebhookEvent::SecurityAlert => "security_alert",
+            WebhookEvent::Portal => "portal",
+            WebhookEvent::PickedUp => "picked_up",
+            WebhookEvent::Revoked => "revoked",
         }
     }
 }
@@ -334,6 +348,13 @@ pub struct DeliveryConfig {
     pub domains: std::collections::BTreeMap<String, DomainOverride>,
     #[serde(default)]
     pub smarthost: Option<SmarthostConfig>,
+    /// No next hop meets the recipient's TLS level: keep deferring, or use the portal.
+    #[serde(default)]
+    pub on_tls_failure: OnTlsFailure,
+    /// With `on_tls_failure = "portal"`: how long to keep retrying verified TLS first
+    /// (`0s` = at the first TLS failure).
+    #[serde(default = "defaults::portal_after")]
+    pub portal_after: Seconds,
 }
 
 impl DeliveryConfig {
@@ -353,6 +374,8 @@ impl DeliveryConfig {
             max_outbound_connections: defaults::max_outbound_connections(),
             domains: Default::default(),
             smarthost: None,
+            on_tls_failure: OnTlsFailure::Defer,
+            portal_after: defaults::portal_after(),
         }
     }
 }
@@ -507,9 +530,11 @@ impl Default for AuditConfig {
 mod api;
 mod breach;
 mod defaults;
+mod portal;
 mod values;
 
 pub use api::{ApiConfig, MAX_BATCH_LIMIT};
+pub use portal::{OnTlsFailure, PortalConfig};
 
 /// One `[[dkim]]` signing key.
 #[derive(Debug, Clone, Deserialize)]
@@ -648,6 +673,14 @@ impl Config {
                 return Err(self.invalid("api.listen", "is also a [[listener]] address"));
             }
         }
+        if let Some(p) = &self.portal {
+            self.check_portal(p)?;
+        } else if self.delivery.on_tls_failure == OnTlsFailure::Portal {
+            return Err(self.invalid(
+                "delivery.on_tls_failure",
+                "\"portal\" needs a [portal] section",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listener[{i}].{k}");
@@ -674,6 +707,52 @@ impl Config {
                     _ => {}
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_portal(&self, p: &PortalConfig) -> Result<(), ConfigError> {
+        let url = p.public_url.trim_end_matches('/');
+        let host = url.strip_prefix("https://").unwrap_or("");
+        if host.is_empty() || host.contains('/') || host.contains('?') {
+            return Err(self.invalid(
+                "portal.public_url",
+                "must be an https:// origin without a path, e.g. https://secure.clinic.example",
+            ));
+        }
+        if p.cert.is_some() != p.key.is_some() {
+            return Err(self.invalid("portal.cert", "portal.cert and portal.key go together"));
+        }
+        if self.listeners.iter().any(|l| l.addr == p.listen)
+            || self.api.as_ref().is_some_and(|a| a.listen == p.listen)
+        {
+            return Err(self.invalid("portal.listen", "is also a [[listener]] or [api] address"));
+        }
+        if p.max_code_attempts == 0 {
+            return Err(self.invalid("portal.max_code_attempts", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("portal.link_ttl", p.link_ttl.0),
+            ("portal.code_ttl", p.code_ttl.0),
+            ("portal.session_idle", p.session_idle.0),
+        ] {
+            if v == 0 {
+                return Err(self.invalid(key, "must be more than 0s"));
+            }
+        }
+        if p.requests_per_minute == 0 || p.codes_per_hour == 0 {
+            return Err(self.invalid(
+                "portal.requests_per_minute",
+                "rate limits must be at least 1",
+            ));
+        }
+        if let Some(from) = &p.from {
+            if !from.contains('@') || from.contains(|c: char| c.is_whitespace() || c == '<') {
+                return Err(self.invalid("portal.from", "must be a bare address, local@domain"));
+            }
+        }
+        if p.organization.trim().is_empty() || p.organization.contains(['\r', '\n']) {
+            return Err(self.invalid("portal.organization", "must be one non-empty line"));
         }
         Ok(())
     }
@@ -749,6 +828,21 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = &self.portal {
+            if let (Some(c), Some(k)) = (&p.cert, &p.key) {
+                self.check_pem("portal.cert", c, "CERTIFICATE")?;
+                self.check_pem("portal.key", k, "PRIVATE KEY")?;
+            }
+            for (key, f) in [
+                ("portal.logo_file", &p.logo_file),
+                ("portal.notification_template", &p.notification_template),
+            ] {
+                if let Some(f) = f {
+                    std::fs::metadata(f)
+                        .map_err(|e| self.invalid(key, format!("{}: {e}", f.display())))?;
+                }
+            }
+        }
         if let Some(p) = &self.policy.file {
             if !p.exists() {
                 return Err(self.invalid("policy.file", format!("{}: no such file", p.display())));
@@ -777,6 +871,9 @@ impl Config {
         let mut listeners: Vec<String> = self.listeners.iter().map(|l| l.describe()).collect();
         if let Some(api) = &self.api {
             listeners.push(format!("api {} https", api.listen));
+        }
+        if let Some(p) = &self.portal {
+            listeners.push(format!("portal {} https", p.listen));
         }
         format!(
             "{}: ok: hostname {}, {} listener(s) [{}], delivery {:?}, data_dir {}",

@@ -387,7 +387,7 @@ impl Deliverer {
 }
 
 /// Maps the server's replies to per-recipient results.
-fn classify(
+pub(super) fn classify(
     idxs: &[usize],
     replies: &client::TransactionReplies,
     hop: HopInfo,

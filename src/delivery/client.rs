@@ -1,8 +1,9 @@
 //! Outbound SMTP client over tokio that can only send mail inside TLS.
 //!
-//! The type split makes plaintext delivery impossible: [`PlainClient`] (before TLS) can
-//! only read the greeting, say EHLO and STARTTLS; the methods that send MAIL, RCPT, DATA
-//! and AUTH exist only on [`TlsClient`], which is only built by a completed handshake.
+//! The type split makes plaintext delivery of content impossible: [`PlainClient`] (before
+//! TLS) can read the greeting, say EHLO and STARTTLS, and carry one thing, a portal
+//! [`Notice`]; the methods that send arbitrary content and AUTH exist only on
+//! [`TlsClient`], which is only built by a completed handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::notice::Notice;
 use crate::types::{BodyType, DsnRet, Envelope, Reply};
 
 /// Longest reply we accept (RFC 5321 allows 512 octets per line; multi-line EHLO is longer).
@@ -112,6 +114,180 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn command(&mut self, line: &str) -> Result<Reply, ClientError> {
         self.write(format!("{line}\r\n").as_bytes()).await?;
         self.read_reply().await
+    }
+}
+
+/// The transaction itself, on either kind of connection: [`TlsClient::send`] for any
+/// message, [`PlainClient::send_notice`] for a portal notice only.
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// One transaction (MAIL, RCPT, DATA) on this connection.
+    async fn transaction(
+        &mut self,
+        caps: &Capabilities,
+        env: &Envelope,
+        content: &[u8],
+        rcpts: &[usize],
+    ) -> Result<TransactionReplies, ClientError> {
+        let mail = Self::mail_command(caps, env, content.len());
+        let rcpt_lines: Vec<String> = rcpts
+            .iter()
+            .filter_map(|&i| env.recipients.get(i))
+            .map(|r| Self::rcpt_command(caps, r))
+            .collect();
+        if caps.has("PIPELINING") {
+            let mut batch = format!("{mail}\r\n");
+            for l in &rcpt_lines {
+                batch.push_str(l);
+                batch.push_str("\r\n");
+            }
+            batch.push_str("DATA\r\n");
+            self.write(batch.as_bytes()).await?;
+            let mail_reply = self.read_reply().await?;
+            let mut replies = Vec::new();
+            for _ in &rcpt_lines {
+                replies.push(self.read_reply().await?);
+            }
+            let data_go = self.read_reply().await?;
+            let accepted = mail_reply.code == 250 && replies.iter().any(|r| r.code / 100 == 2);
+            if data_go.code != 354 {
+                return Ok(TransactionReplies {
+                    mail: mail_reply,
+                    rcpts: replies,
+                    data: if accepted { Some(data_go) } else { None },
+                });
+            }
+            if !accepted {
+                // The server said 354 although nothing was accepted: end the empty message.
+                self.write(b".\r\n").await?;
+                let _ = self.read_reply().await?;
+                return Ok(TransactionReplies {
+                    mail: mail_reply,
+                    rcpts: replies,
+                    data: None,
+                });
+            }
+            let data = self.body(content).await?;
+            return Ok(TransactionReplies {
+                mail: mail_reply,
+                rcpts: replies,
+                data: Some(data),
+            });
+        }
+        let mail_reply = self.command(&mail).await?;
+        if mail_reply.code != 250 {
+            return Ok(TransactionReplies {
+                mail: mail_reply,
+                rcpts: Vec::new(),
+                data: None,
+            });
+        }
+        let mut replies = Vec::new();
+        for l in &rcpt_lines {
+            replies.push(self.command(l).await?);
+        }
+        if !replies.iter().any(|r| r.code / 100 == 2) {
+            let _ = self.command("RSET").await;
+            return Ok(TransactionReplies {
+                mail: mail_reply,
+                rcpts: replies,
+                data: None,
+            });
+        }
+        let go = self.command("DATA").await?;
+        if go.code != 354 {
+            return Ok(TransactionReplies {
+                mail: mail_reply,
+                rcpts: replies,
+                data: Some(go),
+            });
+        }
+        let data = self.body(content).await?;
+        Ok(TransactionReplies {
+            mail: mail_reply,
+            rcpts: replies,
+            data: Some(data),
+        })
+    }
+
+    async fn body(&mut self, content: &[u8]) -> Result<Reply, ClientError> {
+        // Stuffed and written in pieces: a large message is never copied whole.
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::with_capacity(content.len().min(STUFF_CHUNK) + 64);
+        let mut pieces = content.chunks(STUFF_CHUNK).peekable();
+        loop {
+            out.clear();
+            if let Some(piece) = pieces.next() {
+                stuffer.push(piece, &mut out);
+            }
+            if pieces.peek().is_none() {
+                stuffer.finish(&mut out);
+                self.write(&out).await?;
+                break;
+            }
+            self.write(&out).await?;
+        }
+        // RFC 5321 §4.5.3.2.6: the final reply may take long (10 minutes suggested).
+        let t = self.timeout.saturating_mul(2);
+        self.read_reply_within(t).await
+    }
+
+    fn mail_command(caps: &Capabilities, env: &Envelope, size: usize) -> String {
+        let p = &env.params;
+        let mut line = format!("MAIL FROM:<{}>", env.mail_from);
+        if caps.has("SIZE") {
+            line.push_str(&format!(
+                " SIZE={}",
+                p.size.unwrap_or(size as u64).max(size as u64)
+            ));
+        }
+        if p.body == BodyType::EightBitMime && caps.has("8BITMIME") {
+            line.push_str(" BODY=8BITMIME");
+        }
+        if p.smtputf8 && caps.has("SMTPUTF8") {
+            line.push_str(" SMTPUTF8");
+        }
+        if caps.has("DSN") {
+            match p.ret {
+                Some(DsnRet::Full) => line.push_str(" RET=FULL"),
+                Some(DsnRet::Hdrs) => line.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &p.envid {
+                line.push_str(&format!(" ENVID={}", xtext(envid)));
+            }
+        }
+        if p.requiretls && caps.has("REQUIRETLS") {
+            line.push_str(" REQUIRETLS");
+        }
+        line
+    }
+
+    fn rcpt_command(caps: &Capabilities, r: &crate::types::Recipient) -> String {
+        let mut line = format!("RCPT TO:<{}>", r.address);
+        if caps.has("DSN") {
+            if let Some(n) = r.notify {
+                let words: Vec<&str> = if n.never {
+                    vec!["NEVER"]
+                } else {
+                    [
+                        (n.success, "SUCCESS"),
+                        (n.failure, "FAILURE"),
+                        (n.delay, "DELAY"),
+                    ]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, w)| *w)
+                    .collect()
+                };
+                if !words.is_empty() {
+                    line.push_str(&format!(" NOTIFY={}", words.join(",")));
+                }
+            }
+            if let Some((kind, addr)) = &r.orcpt {
+                line.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
+            }
+        }
+        line
     }
 }
 
@@ -250,6 +426,28 @@ impl PlainClient {
             helo: helo.to_string(),
             caps: Capabilities::from_ehlo(&ehlo),
         })
+    }
+
+    /// Whether the server offered STARTTLS.
+    pub fn offers_starttls(&self) -> bool {
+        self.caps.has("STARTTLS")
+    }
+
+    /// The one transaction a plaintext session can carry: a portal [`Notice`], which is
+    /// DLP-checked and PHI-free by construction. Message content has no path here.
+    pub async fn send_notice(
+        &mut self,
+        env: &Envelope,
+        notice: &Notice,
+        rcpts: &[usize],
+    ) -> Result<TransactionReplies, ClientError> {
+        self.conn
+            .transaction(&self.caps, env, notice.as_bytes(), rcpts)
+            .await
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.conn.command("QUIT").await;
     }
 
     /// STARTTLS and handshake. Any failure ends the session: there is no plaintext fallback.
@@ -391,107 +589,7 @@ impl TlsClient {
         content: &[u8],
         rcpts: &[usize],
     ) -> Result<TransactionReplies, ClientError> {
-        let mail = self.mail_command(env, content.len());
-        let rcpt_lines: Vec<String> = rcpts
-            .iter()
-            .filter_map(|&i| env.recipients.get(i))
-            .map(|r| self.rcpt_command(r))
-            .collect();
-        if self.caps.has("PIPELINING") {
-            let mut batch = format!("{mail}\r\n");
-            for l in &rcpt_lines {
-                batch.push_str(l);
-                batch.push_str("\r\n");
-            }
-            batch.push_str("DATA\r\n");
-            self.conn.write(batch.as_bytes()).await?;
-            let mail_reply = self.conn.read_reply().await?;
-            let mut replies = Vec::new();
-            for _ in &rcpt_lines {
-                replies.push(self.conn.read_reply().await?);
-            }
-            let data_go = self.conn.read_reply().await?;
-            let accepted = mail_reply.code == 250 && replies.iter().any(|r| r.code / 100 == 2);
-            if data_go.code != 354 {
-                return Ok(TransactionReplies {
-                    mail: mail_reply,
-                    rcpts: replies,
-                    data: if accepted { Some(data_go) } else { None },
-                });
-            }
-            if !accepted {
-                // The server said 354 although nothing was accepted: end the empty message.
-                self.conn.write(b".\r\n").await?;
-                let _ = self.conn.read_reply().await?;
-                return Ok(TransactionReplies {
-                    mail: mail_reply,
-                    rcpts: replies,
-                    data: None,
-                });
-            }
-            let data = self.body(content).await?;
-            return Ok(TransactionReplies {
-                mail: mail_reply,
-                rcpts: replies,
-                data: Some(data),
-            });
-        }
-        let mail_reply = self.conn.command(&mail).await?;
-        if mail_reply.code != 250 {
-            return Ok(TransactionReplies {
-                mail: mail_reply,
-                rcpts: Vec::new(),
-                data: None,
-            });
-        }
-        let mut replies = Vec::new();
-        for l in &rcpt_lines {
-            replies.push(self.conn.command(l).await?);
-        }
-        if !replies.iter().any(|r| r.code / 100 == 2) {
-            let _ = self.conn.command("RSET").await;
-            return Ok(TransactionReplies {
-                mail: mail_reply,
-                rcpts: replies,
-                data: None,
-            });
-        }
-        let go = self.conn.command("DATA").await?;
-        if go.code != 354 {
-            return Ok(TransactionReplies {
-                mail: mail_reply,
-                rcpts: replies,
-                data: Some(go),
-            });
-        }
-        let data = self.body(content).await?;
-        Ok(TransactionReplies {
-            mail: mail_reply,
-            rcpts: replies,
-            data: Some(data),
-        })
-    }
-
-    async fn body(&mut self, content: &[u8]) -> Result<Reply, ClientError> {
-        // Stuffed and written in pieces: a large message is never copied whole.
-        let mut stuffer = DotStuffer::default();
-        let mut out = Vec::with_capacity(content.len().min(STUFF_CHUNK) + 64);
-        let mut pieces = content.chunks(STUFF_CHUNK).peekable();
-        loop {
-            out.clear();
-            if let Some(piece) = pieces.next() {
-                stuffer.push(piece, &mut out);
-            }
-            if pieces.peek().is_none() {
-                stuffer.finish(&mut out);
-                self.conn.write(&out).await?;
-                break;
-            }
-            self.conn.write(&out).await?;
-        }
-        // RFC 5321 §4.5.3.2.6: the final reply may take long (10 minutes suggested).
-        let t = self.conn.timeout.saturating_mul(2);
-        self.conn.read_reply_within(t).await
+        self.conn.transaction(&self.caps, env, content, rcpts).await
     }
 
     /// RSET after a transaction, before the session is kept for another message.
@@ -514,65 +612,6 @@ impl TlsClient {
 
     pub async fn quit(mut self) {
         let _ = self.conn.command("QUIT").await;
-    }
-
-    fn mail_command(&self, env: &Envelope, size: usize) -> String {
-        let p = &env.params;
-        let mut line = format!("MAIL FROM:<{}>", env.mail_from);
-        if self.caps.has("SIZE") {
-            line.push_str(&format!(
-                " SIZE={}",
-                p.size.unwrap_or(size as u64).max(size as u64)
-            ));
-        }
-        if p.body == BodyType::EightBitMime && self.caps.has("8BITMIME") {
-            line.push_str(" BODY=8BITMIME");
-        }
-        if p.smtputf8 && self.caps.has("SMTPUTF8") {
-            line.push_str(" SMTPUTF8");
-        }
-        if self.caps.has("DSN") {
-            match p.ret {
-                Some(DsnRet::Full) => line.push_str(" RET=FULL"),
-                Some(DsnRet::Hdrs) => line.push_str(" RET=HDRS"),
-                None => {}
-            }
-            if let Some(envid) = &p.envid {
-                line.push_str(&format!(" ENVID={}", xtext(envid)));
-            }
-        }
-        if p.requiretls && self.caps.has("REQUIRETLS") {
-            line.push_str(" REQUIRETLS");
-        }
-        line
-    }
-
-    fn rcpt_command(&self, r: &crate::types::Recipient) -> String {
-        let mut line = format!("RCPT TO:<{}>", r.address);
-        if self.caps.has("DSN") {
-            if let Some(n) = r.notify {
-                let words: Vec<&str> = if n.never {
-                    vec!["NEVER"]
-                } else {
-                    [
-                        (n.success, "SUCCESS"),
-                        (n.failure, "FAILURE"),
-                        (n.delay, "DELAY"),
-                    ]
-                    .iter()
-                    .filter(|(on, _)| *on)
-                    .map(|(_, w)| *w)
-                    .collect()
-                };
-                if !words.is_empty() {
-                    line.push_str(&format!(" NOTIFY={}", words.join(",")));
-                }
-            }
-            if let Some((kind, addr)) = &r.orcpt {
-                line.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
-            }
-        }
-        line
     }
 }
 

@@ -16,6 +16,7 @@ mod check;
 pub mod client;
 pub mod level;
 mod mx;
+mod notice;
 mod pool;
 pub mod route;
 pub mod sts;
@@ -41,7 +42,9 @@ use sts::{MemoryStsCache, StsCache, StsClient};
 use verifiers::Verifiers;
 
 pub use check::{HostCheck, TlsCheckReport};
-pub use transport::{BoxFuture, DkimSign, Job, SandboxKeys, SandboxTransport, Transport};
+pub use transport::{
+    BoxFuture, DkimSign, Job, NoticeJob, SandboxKeys, SandboxTransport, Transport,
+};
 
 #[derive(Debug, Error)]
 pub enum DeliveryError {
@@ -80,6 +83,8 @@ pub struct Deliverer {
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Idle sessions kept for the next message to the same host.
     pool: Pool,
+    /// Portal notices may go without TLS when the next hop offers none.
+    notice_plaintext: bool,
 }
 
 impl Deliverer {
@@ -157,7 +162,15 @@ impl Deliverer {
             global: Arc::new(Semaphore::new(cfg.max_outbound_connections.max(1))),
             per_destination: Mutex::new(HashMap::new()),
             pool: Pool::new(pool::IDLE_TIMEOUT, pool::MAX_USES),
+            notice_plaintext: false,
         })
+    }
+
+    /// Let portal notices go without TLS to next hops that offer none
+    /// (`[portal] notify_without_tls`).
+    pub fn with_notice_plaintext(mut self, allow: bool) -> Self {
+        self.notice_plaintext = allow;
+        self
     }
 
     /// The name sent in EHLO (the gateway's `server.hostname`).
@@ -305,6 +318,10 @@ impl Deliverer {
 impl Transport for Deliverer {
     fn deliver<'a>(&'a self, job: Job<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
         Box::pin(Deliverer::deliver(self, job))
+    }
+
+    fn deliver_notice<'a>(&'a self, job: NoticeJob<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        Box::pin(Deliverer::notify(self, job))
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the queue hands to a next hop: one [`Job`] (a message and the recipients due now)
 //! given to a [`Transport`] — MX delivery, a smarthost, or the sandbox directory.
 
+use crate::notice::Notice;
 use crate::sandbox::Sandbox;
 use crate::types::{AttemptResult, Envelope, HopInfo, MessageId, RcptOutcome, Reply};
 use std::future::Future;
@@ -46,10 +47,37 @@ pub(crate) fn same_for_all(
         .collect()
 }
 
+/// One portal notification or code mail for its recipients: the only job whose
+/// content may travel without TLS, because it can only hold a [`Notice`].
+#[derive(Clone, Copy)]
+pub struct NoticeJob<'a> {
+    pub id: MessageId,
+    pub env: &'a Envelope,
+    pub notice: &'a Notice,
+    pub rcpts: &'a [usize],
+}
+
+impl<'a> NoticeJob<'a> {
+    /// The notice as an ordinary message job (TLS as for any message).
+    pub fn as_message(&self) -> Job<'a> {
+        Job {
+            id: self.id,
+            env: self.env,
+            content: self.notice.as_bytes(),
+            rcpts: self.rcpts,
+        }
+    }
+}
+
 /// Something that can carry a message to its next hop. Must return one outcome per
 /// index in `job.rcpts`.
 pub trait Transport: Send + Sync + 'static {
     fn deliver<'a>(&'a self, job: Job<'a>) -> BoxFuture<'a, Vec<RcptOutcome>>;
+
+    /// A notice; by default delivered like any message.
+    fn deliver_notice<'a>(&'a self, job: NoticeJob<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        self.deliver(job.as_message())
+    }
 }
 
 /// Sandbox transport: writes `<ID>.eml` + envelope and calls it delivered.
@@ -118,6 +146,22 @@ impl Transport for DkimSign {
             }
         })
     }
+
+    fn deliver_notice<'a>(&'a self, job: NoticeJob<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        Box::pin(async move {
+            let signed = self.keys.sign(job.notice.as_bytes());
+            match signed.and_then(|s| job.notice.with_prefix(s)) {
+                Some(notice) => {
+                    let job = NoticeJob {
+                        notice: &notice,
+                        ..job
+                    };
+                    self.inner.deliver_notice(job).await
+                }
+                None => self.inner.deliver_notice(job).await,
+            }
+        })
+    }
 }
 
 pub struct SandboxKeys {
@@ -132,5 +176,9 @@ impl Transport for SandboxKeys {
         } else {
             self.real.deliver(job)
         }
+    }
+
+    fn deliver_notice<'a>(&'a self, job: NoticeJob<'a>) -> BoxFuture<'a, Vec<RcptOutcome>> {
+        self.real.deliver_notice(job)
     }
 }

@@ -1,5 +1,6 @@
 //! Which audit records become events, and what each event says. Extend [`event_type`]
-//! (and [`clear_data`]) for new kinds, e.g. a portal's `message.portal`.
+//! (and [`clear_data`]) for new kinds, the portal's `message.portal`, `message.picked_up` and `message.revoked`
+//! among them.
 
 use serde_json::{Map, Value};
 
@@ -23,6 +24,10 @@ pub fn event_type(ev: &AuditEvent) -> Option<&'static str> {
         Kind::Release => "message.released",
         Kind::Delete => "message.deleted",
         Kind::SecurityAlert => "security.alert",
+        Kind::PortalNotified => "message.portal",
+        Kind::PortalPickedUp => "message.picked_up",
+        Kind::PortalExpired => "message.expired",
+        Kind::PortalRevoked => "message.revoked",
         _ => return None,
     })
 }
@@ -47,6 +52,9 @@ const CLEAR: &[&str] = &[
     "identity",
     "counts",
     "quarantined",
+    "portal_id",
+    "reason",
+    "expires_at",
 ];
 
 pub fn clear_data(ev: &AuditEvent) -> Map<String, Value> {

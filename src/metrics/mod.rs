@@ -102,6 +102,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Containment actions (freeze, hold, release), by action.",
     ),
+    (
+        PORTAL_EVENTS,
+        "counter",
+        "Secure portal events (notified, code_requested, code_failed, verified, picked_up, replied, expired, revoked, notice_refused).",
+    ),
+    (
+        PORTAL_REQUESTS,
+        "counter",
+        "Secure portal HTTP responses, by status code.",
+    ),
 ];
 
 pub const CONNECTIONS: &str = "phigate_connections_total";
@@ -120,6 +130,8 @@ pub const RCPT_REFUSED: &str = "phigate_rcpt_refused_total";
 pub const LIMIT_REFUSALS: &str = "phigate_limit_refusals_total";
 pub const SECURITY_ALERTS: &str = "phigate_security_alerts_total";
 pub const ADMIN_ACTIONS: &str = "phigate_admin_actions_total";
+pub const PORTAL_EVENTS: &str = "phigate_portal_events_total";
+pub const PORTAL_REQUESTS: &str = "phigate_portal_requests_total";
 
 /// A sample computed at scrape time (queue depth and the like).
 #[derive(Debug, Clone)]

@@ -171,9 +171,17 @@ impl Policy {
             .unwrap_or_else(|| {
                 Outcome::from_spec(&self.file.default, None, vec!["default".into()])
             });
+        // Portal is per-recipient routing: it mixes with accept and tag in one message.
+        let kind = |a: Action| {
+            if a <= Action::Portal {
+                Action::Accept
+            } else {
+                a
+            }
+        };
         let unsplittable = recipients
             .windows(2)
-            .any(|w| w[0].outcome.action != w[1].outcome.action);
+            .any(|w| kind(w[0].outcome.action) != kind(w[1].outcome.action));
         let mode = self.mode();
         let enforced = match mode {
             Mode::Enforce => would_have.clone(),
@@ -398,7 +406,9 @@ fn reply_for(o: &Outcome, unsplittable: bool) -> Reply {
                 o.rule_label()
             ),
         ),
-        Action::Accept | Action::Tag => Reply::new(250, "2.0.0", format!("Message accepted{note}")),
+        Action::Accept | Action::Tag | Action::Portal => {
+            Reply::new(250, "2.0.0", format!("Message accepted{note}"))
+        }
     }
 }
 

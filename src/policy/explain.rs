@@ -69,6 +69,15 @@ pub fn explain(policy: &Policy, from: &str, to: &[String], raw: &[u8]) -> String
         }
     }
     let d = policy.evaluate(&ctx, &scan, &view);
+    for r in &d.recipients {
+        if r.outcome.action == super::Action::Portal && d.mode == crate::dlp::Mode::Enforce {
+            out.push_str(&format!(
+                "\nrecipient {} goes to the secure portal (rule `{}`): a PHI-free notification, pickup over HTTPS after a one-time code\n",
+                r.recipient,
+                r.outcome.rule.as_deref().unwrap_or("default")
+            ));
+        }
+    }
     out.push_str(&format!(
         "\nmessage outcome: {} (reply: {})\n",
         d.enforced.action.as_str(),

@@ -25,6 +25,8 @@ pub enum Action {
     #[default]
     Accept,
     Tag,
+    /// Deliver through the secure portal (a PHI-free notification, pickup over HTTPS).
+    Portal,
     Quarantine,
     Reject,
 }
@@ -34,6 +36,7 @@ impl Action {
         match self {
             Action::Accept => "accept",
             Action::Tag => "tag",
+            Action::Portal => "portal",
             Action::Quarantine => "quarantine",
             Action::Reject => "reject",
         }
@@ -224,6 +227,16 @@ impl std::fmt::Debug for Policy {
 
 impl Policy {
     /// The scanner built from `[dlp]`.
+    /// The first rule (or `[default]`) whose action is `portal`, by name.
+    pub fn uses_portal(&self) -> Option<String> {
+        if self.file.default.action == Action::Portal {
+            return Some("default".into());
+        }
+        (self.file.rules.iter())
+            .find(|r| r.spec().action == Action::Portal)
+            .map(|r| r.name.clone())
+    }
+
     pub fn scanner(&self) -> &Scanner {
         &self.scanner
     }
@@ -235,5 +248,26 @@ impl Policy {
     /// A policy that accepts everything (no file configured).
     pub fn permissive() -> Result<Policy, PolicyError> {
         Policy::from_toml_str("", "<built-in>")
+    }
+}
+
+/// The policy in force, replaced whole on SIGHUP: shared by the pipeline and the
+/// portal (whose notifications pass the same DLP scanner).
+#[derive(Debug)]
+pub struct ActivePolicy(std::sync::RwLock<std::sync::Arc<Policy>>);
+
+impl ActivePolicy {
+    pub fn new(policy: Policy) -> std::sync::Arc<ActivePolicy> {
+        std::sync::Arc::new(ActivePolicy(std::sync::RwLock::new(std::sync::Arc::new(
+            policy,
+        ))))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(policy);
     }
 }

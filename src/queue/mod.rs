@@ -7,6 +7,7 @@ pub mod dsn;
 use crate::audit::AuditEvent;
 use crate::config::WebhookEvent;
 use crate::delivery::{Job, Transport};
+use crate::portal::Portal;
 use crate::services::Services;
 use crate::spool::{Attempt, RecipientState, SpoolError};
 use crate::types::{
@@ -36,6 +37,9 @@ pub struct QueueSettings {
     pub content_after_delivery: u64,
     /// Seconds to keep queue metadata of finished messages.
     pub metadata_retention: u64,
+    /// Hand recipients whose TLS cannot be met to the portal (`[delivery]
+    /// on_tls_failure = "portal"`) after this many seconds since acceptance.
+    pub portal_after: Option<u64>,
 }
 
 impl QueueSettings {
@@ -71,6 +75,8 @@ pub struct Queue {
     /// Messages whose stored data failed authentication: reported once, never delivered.
     broken: Mutex<HashSet<MessageId>>,
     slots: Arc<Semaphore>,
+    /// The secure portal, when configured.
+    portal: std::sync::OnceLock<Arc<Portal>>,
 }
 
 impl Queue {
@@ -88,7 +94,48 @@ impl Queue {
             inflight: Mutex::new(HashSet::new()),
             broken: Mutex::new(HashSet::new()),
             slots,
+            portal: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Use `portal` for portal-bound recipients and TLS fallback; it wakes this queue
+    /// when it spools a notice.
+    pub fn set_portal(self: &Arc<Self>, portal: Arc<Portal>) {
+        let weak = Arc::downgrade(self);
+        portal.set_waker(Box::new(move || {
+            if let Some(q) = weak.upgrade() {
+                q.wake();
+            }
+        }));
+        let _ = self.portal.set(portal);
+    }
+
+    /// Why recipient `rcpt` should now go to the portal instead of being retried, if it
+    /// should: policy sent it there, or TLS failed and the fallback applies.
+    fn portal_reason(
+        &self,
+        env: &Envelope,
+        rcpt: &Recipient,
+        o: Option<&RcptOutcome>,
+        now: u64,
+    ) -> Option<String> {
+        self.portal.get()?;
+        if let Some(why) = &rcpt.portal {
+            return Some(why.clone());
+        }
+        let after = self.settings.portal_after?;
+        if env.listener == crate::types::NOTICE_LISTENER {
+            return None;
+        }
+        match &o?.result {
+            AttemptResult::Permanent(r) if r.enhanced == "5.7.30" => Some("requiretls".into()),
+            AttemptResult::Transient(r)
+                if r.enhanced.starts_with("4.7.") && now >= env.received_at + after =>
+            {
+                Some("tls-failure".into())
+            }
+            _ => None,
+        }
     }
 
     /// Something new is due: look now rather than at the next tick.
@@ -294,14 +341,29 @@ impl Queue {
             return Ok(());
         }
         let (env, content) = self.services.spool.load(&id)?;
+        // A notice travels as a `Notice` (checked by DLP again here), so it may use the
+        // plaintext fallback; without a portal it is delivered like any message.
+        let portal = self.portal.get().cloned();
+        let is_notice = env.listener == crate::types::NOTICE_LISTENER;
+        let notice = match (&portal, is_notice) {
+            (Some(p), true) => match p.check_notice(content.clone()) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    error!(msg_id = %id, error = %e, "spooled portal notice failed its DLP check; not sent");
+                    return Ok(());
+                }
+            },
+            _ => None,
+        };
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for &i in &due {
-            let d = env
-                .recipients
-                .get(i)
-                .map(Recipient::domain)
-                .unwrap_or_default();
-            by_domain.entry(d).or_default().push(i);
+            let Some(r) = env.recipients.get(i) else {
+                continue;
+            };
+            if r.portal.is_some() && portal.is_some() {
+                continue;
+            }
+            by_domain.entry(r.domain()).or_default().push(i);
         }
         let mut outcomes: Vec<RcptOutcome> = Vec::new();
         for idxs in by_domain.values() {
@@ -312,17 +374,71 @@ impl Queue {
                 content: &content,
                 rcpts: idxs,
             };
-            let got = self.transport.deliver(job).await;
-            self.alert_tls(&env, &got);
+            let got = match &notice {
+                Some(notice) => {
+                    let job = crate::delivery::NoticeJob {
+                        id,
+                        env: &env,
+                        notice,
+                        rcpts: idxs,
+                    };
+                    self.transport.deliver_notice(job).await
+                }
+                None => self.transport.deliver(job).await,
+            };
+            if let (Some(p), true) = (&portal, is_notice) {
+                for o in &got {
+                    p.notice_outcome(&env, o).await;
+                }
+            } else {
+                self.alert_tls(&env, &got);
+            }
             let method = got.first().and_then(|o| o.hop.as_ref());
             let method = method.map(|h| h.method.as_str()).unwrap_or("");
             (self.services.metrics).delivery_duration(method, started.elapsed().as_secs_f64());
             outcomes.extend(got);
         }
-        drop(content);
         let mut dsn_rcpts = Vec::new();
         let mut events = Vec::new();
         for &i in &due {
+            let Some(rcpt) = env.recipients.get(i) else {
+                continue;
+            };
+            let got = outcomes.iter().find(|o| o.index == i);
+            if let (Some(p), Some(why)) = (&portal, self.portal_reason(&env, rcpt, got, now)) {
+                let Some(s) = states.get_mut(i) else { continue };
+                match p.hand_off(id, &env, i, &content, &why).await {
+                    Ok(h) => {
+                        s.attempts += 1;
+                        s.history.push(Attempt {
+                            at: now,
+                            host: None,
+                            outcome: format!("handed to the secure portal ({why})"),
+                            tls_version: None,
+                            method: Some("portal".into()),
+                        });
+                        s.status = Status::Portal {
+                            portal: h.portal.to_string(),
+                            expires_at: h.expires_at,
+                        };
+                        s.last_error = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(msg_id = %id, rcpt_index = i, error = %e, "portal hand-off failed; retrying later");
+                        outcomes.retain(|o| o.index != i);
+                        outcomes.push(RcptOutcome {
+                            index: i,
+                            result: AttemptResult::Transient(Reply::new(
+                                451,
+                                "4.3.0",
+                                "secure portal hand-off failed",
+                            )),
+                            hop: None,
+                        });
+                    }
+                }
+            }
             let outcome = outcomes
                 .iter()
                 .find(|o| o.index == i)
@@ -337,7 +453,6 @@ impl Queue {
                     hop: None,
                 });
             let Some(s) = states.get_mut(i) else { continue };
-            let rcpt = &env.recipients[i];
             if let Some(d) = self.apply(s, &outcome, env.received_at, now, rcpt) {
                 dsn_rcpts.push(d);
             }
@@ -357,6 +472,7 @@ impl Queue {
             ));
             events.extend(AuditEvent::outcome(id, i, &rcpt.address, &s.status));
         }
+        drop(content);
         // The DSN is queued before the state change, so a crash in between can only
         // repeat a notification, never lose one.
         if !dsn_rcpts.is_empty() && !env.mail_from.is_empty() {
@@ -529,6 +645,7 @@ impl Queue {
                     ..Notify::default()
                 }),
                 orcpt: None,
+                portal: None,
             }],
             helo: self.settings.hostname.clone(),
             peer_ip: "127.0.0.1".into(),
@@ -584,6 +701,7 @@ mod tests {
             concurrency: 1,
             content_after_delivery: 0,
             metadata_retention: 0,
+            portal_after: None,
         };
         for _ in 0..50 {
             let n = s.next_attempt(1, 1000) - 1000;

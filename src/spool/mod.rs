@@ -298,7 +298,58 @@ impl Spool {
         self.commit_attached(ops, attach).await
     }
 
-    fn enqueue_ops(
+    /// The writes that store a sealed copy of a message (its own data key, envelope and
+    /// content) under `id` with no queue row: the portal's copy, which the scheduler
+    /// never sees. `keys list` counts it and `keys rewrap` rewraps it like any message.
+    pub fn copy_ops(&self, id: &MessageId, env: &Envelope, content: Vec<u8>) -> Vec<Op> {
+        let env_json = Zeroizing::new(serde_json::to_vec(env).unwrap_or_default());
+        sealed_ops(
+            &self.keyring(),
+            &DataKey::generate(),
+            id,
+            &env_json,
+            content,
+        )
+    }
+
+    /// The writes that crypto-shred a copy made with [`Spool::copy_ops`].
+    pub fn shred_copy_ops(id: &MessageId) -> Vec<Op> {
+        let key = id_bytes(id);
+        [Tree::Wraps, Tree::Messages, Tree::Envelopes]
+            .into_iter()
+            .map(|t| Op::Delete(t, key.to_vec()))
+            .collect()
+    }
+
+    /// The writes that set recipient `index`'s clear state to `tag` (the portal tells a
+    /// finished, possibly shredded message what became of a recipient afterwards).
+    pub fn retag_ops(
+        &self,
+        id: &MessageId,
+        index: usize,
+        tag: StateTag,
+    ) -> Result<Vec<Op>, SpoolError> {
+        let (mut summary, sealed) = self.row(id)?;
+        let Some(r) = summary.recipients.get_mut(index) else {
+            return Ok(Vec::new());
+        };
+        r.state = tag;
+        summary.updated_at = now_secs();
+        Ok(vec![Op::Put(
+            Tree::Queue,
+            id_bytes(id).to_vec(),
+            encode_queue_row(&summary, &sealed),
+        )])
+    }
+
+    /// Does `id` still have a data key (a copy not yet shredded)?
+    pub fn has_key(&self, id: &MessageId) -> Result<bool, SpoolError> {
+        Ok(self.store.get(Tree::Wraps, &id_bytes(id))?.is_some())
+    }
+
+    /// The writes of [`Spool::enqueue_owned_with`], for callers that commit them with
+    /// other records in one transaction (the portal: its entry and the notification).
+    pub fn enqueue_ops(
         &self,
         id: MessageId,
         env: &Envelope,
@@ -325,31 +376,15 @@ impl Spool {
         };
         summary.update_from(&states, now);
         let states_json = Zeroizing::new(serde_json::to_vec(&states).unwrap_or_default());
-        let mut ops = vec![
-            Op::Put(
-                Tree::Wraps,
-                key.to_vec(),
-                crypto::wrap(ring.current(), &id, &dk),
+        let mut ops = sealed_ops(&ring, &dk, &id, &env_json, content);
+        ops.push(Op::Put(
+            Tree::Queue,
+            key.to_vec(),
+            encode_queue_row(
+                &summary,
+                &crypto::seal(&dk, &id, RecordKind::State, &states_json),
             ),
-            Op::Put(
-                Tree::Messages,
-                key.to_vec(),
-                crypto::seal_owned(&dk, &id, RecordKind::Content, content),
-            ),
-            Op::Put(
-                Tree::Envelopes,
-                key.to_vec(),
-                crypto::seal(&dk, &id, RecordKind::Envelope, &env_json),
-            ),
-            Op::Put(
-                Tree::Queue,
-                key.to_vec(),
-                encode_queue_row(
-                    &summary,
-                    &crypto::seal(&dk, &id, RecordKind::State, &states_json),
-                ),
-            ),
-        ];
+        ));
         if let Some(at) = summary.scheduled {
             ops.push(Op::Put(Tree::Schedule, schedule_key(at, &key), Vec::new()));
         }
@@ -571,6 +606,34 @@ impl Spool {
 
 /// The writes that crypto-shred `id`: its data key, content, envelope, quarantine entry
 /// and schedule entry go; its clear summary stays, marked shredded at `now`.
+/// Data key, content and envelope of one message, sealed under `dk`.
+fn sealed_ops(
+    ring: &Keyring,
+    dk: &DataKey,
+    id: &MessageId,
+    env_json: &[u8],
+    content: Vec<u8>,
+) -> Vec<Op> {
+    let key = id_bytes(id);
+    vec![
+        Op::Put(
+            Tree::Wraps,
+            key.to_vec(),
+            crypto::wrap(ring.current(), id, dk),
+        ),
+        Op::Put(
+            Tree::Messages,
+            key.to_vec(),
+            crypto::seal_owned(dk, id, RecordKind::Content, content),
+        ),
+        Op::Put(
+            Tree::Envelopes,
+            key.to_vec(),
+            crypto::seal(dk, id, RecordKind::Envelope, env_json),
+        ),
+    ]
+}
+
 fn shred_ops(id: &MessageId, mut summary: QueueSummary, now: u64) -> Vec<Op> {
     let key = id_bytes(id);
     let mut ops: Vec<Op> = [

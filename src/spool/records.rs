@@ -73,6 +73,9 @@ pub enum StateTag {
     Bounced,
     Expired,
     Quarantined,
+    Portal,
+    PickedUp,
+    Revoked,
 }
 
 impl StateTag {
@@ -85,13 +88,21 @@ impl StateTag {
             Status::Bounced { .. } => StateTag::Bounced,
             Status::Expired { .. } => StateTag::Expired,
             Status::Quarantined { .. } => StateTag::Quarantined,
+            Status::Portal { .. } => StateTag::Portal,
+            Status::PickedUp { .. } => StateTag::PickedUp,
+            Status::Revoked { .. } => StateTag::Revoked,
         }
     }
 
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            StateTag::Delivered | StateTag::Bounced | StateTag::Expired
+            StateTag::Delivered
+                | StateTag::Bounced
+                | StateTag::Expired
+                | StateTag::Portal
+                | StateTag::PickedUp
+                | StateTag::Revoked
         )
     }
 }
