@@ -650,10 +650,12 @@ async fn start_portal(
             addr: pc.listen.to_string(),
             source,
         })?;
+    // Every 30 s, or more often for short links, so expiry is never late by much.
+    let every = (pc.link_ttl.0 / 2).clamp(1, 30);
     tokio::spawn(
         portal
             .clone()
-            .run_expiry(std::time::Duration::from_secs(30), queue_stop),
+            .run_expiry(std::time::Duration::from_secs(every), queue_stop),
     );
     Ok(tls)
 }

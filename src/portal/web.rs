@@ -237,7 +237,10 @@ async fn not_found(AxState(st): AxState<Arc<WebState>>) -> Response {
 /// The entry `token` names, or the page to answer instead (404 unknown, 410 ended).
 fn entry(st: &WebState, token: &str) -> Result<Entry, Response> {
     match st.portal.by_token(token) {
-        Ok(Some(e)) if e.state == State::Active => Ok(e),
+        // Past its expiry and not yet swept: already gone for the recipient.
+        Ok(Some(e)) if e.state == State::Active && e.expires_at > st.portal.services().now() => {
+            Ok(e)
+        }
         Ok(Some(_)) => Err(gone(st)),
         Ok(None) => Err(not_found_page(st)),
         Err(e) => Err(internal(st, &e)),

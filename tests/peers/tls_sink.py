@@ -5,6 +5,8 @@ starting with "bounce" with 550, and writes each accepted message to OUTDIR/N.em
 its envelope in OUTDIR/N.json.
 
 usage: tls_sink.py PORT CERT KEY OUTDIR      (prints "ready" once listening)
+       tls_sink.py PORT - - OUTDIR            (a server that offers no STARTTLS at all)
+       tls_sink.py PORT CERT KEY OUTDIR optional   (STARTTLS offered, not required)
 """
 import asyncio
 import json
@@ -40,10 +42,13 @@ class Sink:
 
 def main():
     port, cert, key, outdir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    required = len(sys.argv) < 6 or sys.argv[5] != "optional"
+    ctx = None
+    if cert != "-":
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
     ctrl = Controller(Sink(outdir), hostname="127.0.0.1", port=port,
-                      tls_context=ctx, require_starttls=True,
+                      tls_context=ctx, require_starttls=ctx is not None and required,
                       server_hostname="mx.x.test", decode_data=False)
     ctrl.start()
     print("ready", flush=True)

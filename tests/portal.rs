@@ -1,0 +1,597 @@
+//! The secure portal end to end, with real peers: phigate relays to two receiving MTAs
+//! (aiosmtpd, `tests/peers/tls_sink.py`) that cannot be reached over verified TLS — one
+//! offers no STARTTLS, one has a certificate from an unknown CA — so with
+//! `on_tls_failure = "portal"` each recipient gets only a PHI-free notification. curl
+//! then walks the pickup: landing page, code request, the code read from the second
+//! mail, verification, the message, an attachment and a secure reply (which reaches the
+//! sender's MTA over verified TLS). Wrong codes lock, revocation answers 410, expiry
+//! crypto-shreds the copy, and the canary never shows before verification: not in the
+//! notifications, the pages, the log or the audit trail's clear fields.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CANARY: &str = "Kp4PortalCanary7Zq";
+const ATTACHMENT: &[u8] = b"lab values: Kp4PortalCanary7Zq hemoglobin 9.1\n";
+
+/// A receiving MTA on loopback writing each message to `dir/N.eml` (+ `N.json`).
+struct Sink {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Sink {
+    /// `tls`: Some((cert, key)) offers STARTTLS with that certificate; None offers none.
+    fn start(work: &Path, name: &str, tls: Option<(&Path, &Path)>) -> Sink {
+        let port = free_port();
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir).expect("sink dir");
+        let log = work.join(format!("{name}.log"));
+        let (cert, key) = match tls {
+            Some((c, k)) => (c.display().to_string(), k.display().to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        let child = Command::new(PYTHON)
+            .arg(peers_dir().join("tls_sink.py"))
+            .args([port.to_string(), cert, key])
+            .arg(&dir)
+            .stdout(std::fs::File::create(&log).expect("sink log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tls_sink.py");
+        let ready = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready")) {
+            assert!(
+                Instant::now() < ready,
+                "tls_sink.py did not start (python3-aiosmtpd?)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Sink { port, dir, child }
+    }
+
+    /// Wait for message number `n` (1-based): (raw bytes, envelope JSON).
+    fn wait(&self, n: usize) -> (Vec<u8>, Value) {
+        let eml = self.dir.join(format!("{n}.eml"));
+        let meta = self.dir.join(format!("{n}.json"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !meta.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no message {n} at {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let raw = std::fs::read(&eml).expect("read eml");
+        let json = serde_json::from_slice(&std::fs::read(&meta).expect("json")).expect("json");
+        (raw, json)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The decoded text body of a mail.
+fn text_of(raw: &[u8]) -> String {
+    let m = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("parse mail");
+    m.body_text(0).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn subject_of(raw: &[u8]) -> String {
+    let m = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("parse mail");
+    m.subject().unwrap_or("").to_string()
+}
+
+/// The pickup link in a notification.
+fn link_of(raw: &[u8]) -> String {
+    let t = text_of(raw);
+    t.split_whitespace()
+        .find(|w| w.starts_with("https://") && w.contains("/m/"))
+        .unwrap_or_else(|| panic!("no link in notification: {t}"))
+        .to_string()
+}
+
+fn code_of(raw: &[u8]) -> String {
+    let t = text_of(raw);
+    t.lines()
+        .find_map(|l| l.trim().strip_prefix("Code: "))
+        .unwrap_or_else(|| panic!("no `Code: ` line: {t}"))
+        .trim()
+        .to_string()
+}
+
+fn assert_no_canary(what: &str, hay: &[u8]) {
+    for (form, needle) in canary::forms(CANARY) {
+        assert!(!canary::contains(hay, &needle), "canary ({form}) in {what}");
+    }
+}
+
+/// One HTTP exchange with the portal through curl (an independent client).
+struct Resp {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    /// The hidden CSRF field of the page's (first) form.
+    fn csrf(&self) -> String {
+        let t = self.text();
+        let at = t.find("name=\"csrf\" value=\"").expect("csrf field");
+        t[at + 19..].split('"').next().unwrap_or("").to_string()
+    }
+}
+
+struct Browser {
+    ca: PathBuf,
+    jar: PathBuf,
+    work: PathBuf,
+}
+
+impl Browser {
+    fn new(work: &Path, ca: &Path, name: &str) -> Browser {
+        Browser {
+            ca: ca.to_path_buf(),
+            jar: work.join(format!("{name}.jar")),
+            work: work.to_path_buf(),
+        }
+    }
+
+    fn go(&self, url: &str, form: Option<&str>) -> Resp {
+        let h = self.work.join("h.txt");
+        let b = self.work.join("b.bin");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "20", "-A", "portal-test/1"])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .arg("-b")
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .arg("-D")
+            .arg(&h)
+            .arg("-o")
+            .arg(&b)
+            .args(["-w", "%{http_code}"]);
+        if let Some(f) = form {
+            cmd.args(["--data-raw", f]);
+        }
+        let out = cmd.arg(url).output().expect("run curl");
+        let status = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        Resp {
+            status,
+            headers: std::fs::read_to_string(&h).unwrap_or_default(),
+            body: std::fs::read(&b).unwrap_or_default(),
+        }
+    }
+}
+
+fn eml(to: &[&str]) -> Vec<u8> {
+    use base64::Engine;
+    let att = base64::engine::general_purpose::STANDARD.encode(ATTACHMENT);
+    format!(
+        "From: Dr Lee <dr@clinic.test>\r\nTo: {}\r\nSubject: Lab result {CANARY}\r\n\
+         Message-ID: <lab-1@clinic.test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+         <p>Your result: {CANARY}</p><script>window.__pwned=1</script>\
+         <img src=\"https://evil.example/track.png\">\r\n\
+         --b1\r\nContent-Type: text/plain; name=\"labs.txt\"\r\n\
+         Content-Disposition: attachment; filename=\"labs.txt\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{att}\r\n--b1--\r\n",
+        to.join(", ")
+    )
+    .into_bytes()
+}
+
+struct Lab {
+    gw: Gateway,
+    work: tempfile::TempDir,
+    plain: Sink,
+    badcert: Sink,
+    clinic: Sink,
+    portal_port: u16,
+}
+
+fn lab(link_ttl: &str, policy: Option<&str>) -> Option<Lab> {
+    if !require_tool("python3") || !require_tool("curl") {
+        return None;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    // The receiving MTAs' own PKI: the clinic's MX chains to a CA phigate is told to
+    // trust (extra_ca_file); the "bad" one presents a certificate from a rogue CA.
+    let mx_pki = Pki::new(&work.path().join("mx-pki"));
+    let plain = Sink::start(work.path(), "plain", None);
+    let badcert = Sink::start(
+        work.path(),
+        "badcert",
+        Some((&mx_pki.rogue_cert, &mx_pki.rogue_key)),
+    );
+    let clinic = Sink::start(work.path(), "clinic", Some((&mx_pki.cert, &mx_pki.key)));
+    let portal_port = free_port();
+    let mut opts = GwOpts::spool();
+    opts.delivery = Some(format!(
+        "mode = \"mx\"\ntls_level = \"verify\"\nextra_ca_file = \"{ca}\"\nconnect_timeout = \"5s\"\n\
+         on_tls_failure = \"portal\"\nportal_after = \"0s\"\n\
+         [delivery.domains.\"plain.test\"]\nroute = \"127.0.0.1:{p}\"\n\
+         [delivery.domains.\"badcert.test\"]\nroute = \"127.0.0.1:{b}\"\n\
+         [delivery.domains.\"clinic.test\"]\nroute = \"127.0.0.1:{cl}\"\n",
+        ca = mx_pki.ca.display(),
+        p = plain.port,
+        b = badcert.port,
+        cl = clinic.port,
+    ));
+    opts.server_extra += &format!(
+        "\n[portal]\nlisten = \"127.0.0.1:{portal_port}\"\npublic_url = \"https://127.0.0.1:{portal_port}\"\n\
+         organization = \"Test Clinic\"\nlink_ttl = \"{link_ttl}\"\nmax_code_attempts = 5\n"
+    );
+    opts.policy = policy.map(str::to_string);
+    let mut gw = Gateway::configure(opts);
+    gw.launch();
+    Some(Lab {
+        gw,
+        work,
+        plain,
+        badcert,
+        clinic,
+        portal_port,
+    })
+}
+
+/// Submit `eml` over implicit TLS with Python's smtplib; the queued message ID.
+fn submit(gw: &Gateway, dir: &Path, to: &[&str]) -> String {
+    let f = dir.join("submit.eml");
+    std::fs::write(&f, eml(to)).expect("write eml");
+    let arg = serde_json::json!({
+        "port": gw.port("smtps"), "mode": "implicit", "cafile": gw.pki.ca,
+        "servername": "localhost", "from": "dr@clinic.test", "to": to, "msg_file": f,
+    });
+    let out = Command::new(PYTHON)
+        .arg(peers_dir().join("smtplib_send.py"))
+        .arg(arg.to_string())
+        .output()
+        .expect("smtplib_send.py");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("smtplib_send JSON");
+    let text = v["data"][1].as_str().unwrap_or("");
+    assert_eq!(v["data"][0], 250, "{v}");
+    text.split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("queued as ID")
+        .to_string()
+}
+
+fn audit_kinds(gw: &Gateway) -> Vec<Value> {
+    gw.cli_ok(&["audit", "export", "--format", "jsonl"])
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
+    let Some(lab) = lab("30d", None) else { return };
+    let gw = &lab.gw;
+    let id = submit(gw, lab.work.path(), &["pat@plain.test", "kim@badcert.test"]);
+
+    // Only the PHI-free notification reaches each MTA: no STARTTLS, so in plaintext;
+    // a bad certificate, so over unverified TLS.
+    let (n1, env1) = lab.plain.wait(1);
+    let (n2, env2) = lab.badcert.wait(1);
+    assert_eq!(env1["tls"], false, "{env1}");
+    assert_eq!(env2["tls"], true, "{env2}");
+    for n in [&n1, &n2] {
+        assert_no_canary("a notification", n);
+        assert!(!text_of(n).contains("labs.txt"));
+        assert_eq!(subject_of(n), "Secure message from Test Clinic");
+    }
+    let link = link_of(&n1);
+    let base = format!("https://127.0.0.1:{}", lab.portal_port);
+    assert!(link.starts_with(&format!("{base}/m/")), "{link}");
+    assert!(
+        !link.contains("pat"),
+        "the link names the recipient: {link}"
+    );
+    let token = link.rsplit('/').next().unwrap_or("");
+    assert!(token.len() >= 22, "token too short for 128 bits: {token}");
+
+    let pat = Browser::new(lab.work.path(), &gw.pki.ca, "pat");
+    let landing = pat.go(&link, None);
+    assert_eq!(landing.status, 200, "{}", landing.text());
+    assert_no_canary("the landing page", &landing.body);
+    assert!(!landing.text().contains("pat@plain.test"));
+    let csp = landing
+        .header("content-security-policy")
+        .unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+
+    // Without a session, the message and its attachments are not shown.
+    let r = pat.go(&format!("{link}/view"), None);
+    assert_eq!(r.status, 401);
+    assert_no_canary("the view page without a session", &r.body);
+    assert_eq!(pat.go(&format!("{link}/attachments/0"), None).status, 401);
+
+    // A forged form (no CSRF value) is refused; the real one mails a code.
+    assert_eq!(pat.go(&format!("{link}/code"), Some("csrf=00")).status, 403);
+    let csrf = landing.csrf();
+    let sent = pat.go(&format!("{link}/code"), Some(&format!("csrf={csrf}")));
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let (code_mail, _) = lab.plain.wait(2);
+    assert_no_canary("the code mail", &code_mail);
+    let code = code_of(&code_mail);
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{code}"
+    );
+
+    let v = pat.go(
+        &format!("{link}/verify"),
+        Some(&format!("csrf={csrf}&code={code}")),
+    );
+    assert_eq!(v.status, 303, "{}", v.text());
+    assert_eq!(
+        v.header("location").as_deref(),
+        Some(format!("/m/{token}/view").as_str())
+    );
+    let cookie = v.header("set-cookie").unwrap_or_default();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    // The code is single-use.
+    let again = Browser::new(lab.work.path(), &gw.pki.ca, "other");
+    let replay = again.go(
+        &format!("{link}/verify"),
+        Some(&format!("csrf={csrf}&code={code}")),
+    );
+    assert_eq!(replay.status, 400, "{}", replay.text());
+
+    let view = pat.go(&format!("{link}/view"), None);
+    assert_eq!(view.status, 200);
+    let page = view.text();
+    assert!(page.contains(CANARY), "the message is not shown: {page}");
+    assert!(
+        !page.contains("<script") && !page.contains("evil.example"),
+        "{page}"
+    );
+    assert!(page.contains("labs.txt"));
+    let att = pat.go(&format!("{link}/attachments/0"), None);
+    assert_eq!(att.status, 200);
+    assert_eq!(att.body, ATTACHMENT);
+    assert!(att
+        .header("content-disposition")
+        .unwrap_or_default()
+        .contains("attachment"));
+    assert_eq!(pat.go(&format!("{link}/attachments/7"), None).status, 404);
+
+    // A secure reply goes back to the sender over verified TLS.
+    let csrf2 = view.csrf();
+    let r = pat.go(
+        &format!("{link}/reply"),
+        Some(&format!("csrf={csrf2}&text=Thanks+doctor+{CANARY}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (reply, renv) = lab.clinic.wait(1);
+    assert_eq!(renv["tls"], true);
+    assert_eq!(renv["to"], serde_json::json!(["dr@clinic.test"]));
+    assert!(text_of(&reply).contains(&format!("Thanks doctor {CANARY}")));
+    assert!(subject_of(&reply).starts_with("Re: Lab result"));
+
+    // Five wrong codes lock the other link, even against the right code.
+    let kim_link = link_of(&n2);
+    let kim = Browser::new(lab.work.path(), &gw.pki.ca, "kim");
+    let kcsrf = kim.go(&kim_link, None).csrf();
+    assert_eq!(
+        kim.go(&format!("{kim_link}/code"), Some(&format!("csrf={kcsrf}")))
+            .status,
+        200
+    );
+    let (kim_code_mail, _) = lab.badcert.wait(2);
+    let kim_code = code_of(&kim_code_mail);
+    let wrong = if kim_code == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = kim.go(
+            &format!("{kim_link}/verify"),
+            Some(&format!("csrf={kcsrf}&code={wrong}")),
+        );
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+    let locked = kim.go(
+        &format!("{kim_link}/verify"),
+        Some(&format!("csrf={kcsrf}&code={kim_code}")),
+    );
+    assert_eq!(locked.status, 429, "{}", locked.text());
+
+    // Administration: list, revoke; a revoked link is 410 on every route.
+    let list = gw.cli_json(&["portal", "list"]);
+    let rows = list.as_array().expect("array");
+    assert_eq!(rows.len(), 2, "{list}");
+    assert!(rows.iter().all(|r| r["message"] == id.as_str()));
+    assert_no_canary("portal list", list.to_string().as_bytes());
+    let kim_row = rows
+        .iter()
+        .find(|r| r["rcpt_index"] == 1)
+        .expect("kim's row");
+    let kim_id = kim_row["id"].as_str().expect("id");
+    let pat_row = rows
+        .iter()
+        .find(|r| r["rcpt_index"] == 0)
+        .expect("pat's row");
+    assert!(pat_row["picked_up"].is_u64(), "{pat_row}");
+    gw.cli_ok(&["portal", "extend", kim_id, "--by", "7d"]);
+    let shown = gw.cli_json(&["portal", "show", kim_id]);
+    assert_eq!(
+        shown["expires_at"].as_u64(),
+        kim_row["expires_at"].as_u64().map(|e| e + 7 * 86400)
+    );
+    gw.cli_ok(&["portal", "revoke", kim_id]);
+    for path in ["", "/view", "/attachments/0"] {
+        assert_eq!(
+            kim.go(&format!("{kim_link}{path}"), None).status,
+            410,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        kim.go(&format!("{kim_link}/code"), Some(&format!("csrf={kcsrf}")))
+            .status,
+        410
+    );
+    assert_eq!(
+        pat.go(&format!("{base}/m/{}", "A".repeat(43)), None).status,
+        404
+    );
+
+    // The original message's recipients show what happened to them.
+    let shown = gw.cli_json(&["queue", "show", &id]);
+    let states: Vec<&str> = shown["summary"]["recipients"]
+        .as_array()
+        .expect("recipients")
+        .iter()
+        .filter_map(|r| r["state"].as_str())
+        .collect();
+    assert_eq!(states, ["picked-up", "revoked"], "{shown}");
+
+    // The audit trail has every step, with client facts.
+    let trail = audit_kinds(gw);
+    let kinds: Vec<&str> = trail.iter().filter_map(|r| r["kind"].as_str()).collect();
+    for k in [
+        "portal_notified",
+        "portal_notice_sent",
+        "portal_code_requested",
+        "portal_code_failed",
+        "portal_verified",
+        "portal_viewed",
+        "portal_picked_up",
+        "portal_downloaded",
+        "portal_replied",
+        "portal_extended",
+        "portal_revoked",
+    ] {
+        assert!(kinds.contains(&k), "no {k} in the trail: {kinds:?}");
+    }
+    let sent: Vec<&Value> = trail
+        .iter()
+        .filter(|r| r["kind"] == "portal_notice_sent")
+        .collect();
+    let text = serde_json::to_string(&sent).unwrap_or_default();
+    assert!(
+        text.contains("plaintext-notice") && text.contains("encrypt-only"),
+        "{text}"
+    );
+    assert_no_canary("phigate's log", gw.log().as_bytes());
+}
+
+#[test]
+fn policy_portal_rule_and_expiry_shred_the_copy() {
+    let policy = "[default]\naction = \"accept\"\n\n[[rule]]\nname = \"external-portal\"\naction = \"portal\"\n[rule.match]\nrecipient = [\"*@plain.test\"]\n";
+    let Some(mut lab) = lab("3s", Some(policy)) else {
+        return;
+    };
+    let explain = {
+        let f = lab.work.path().join("m.eml");
+        std::fs::write(&f, eml(&["pat@plain.test"])).expect("eml");
+        lab.gw.cli_ok(&[
+            "policy",
+            "explain",
+            "--from",
+            "dr@clinic.test",
+            "--to",
+            "pat@plain.test",
+            f.to_str().unwrap_or(""),
+        ])
+    };
+    assert!(
+        explain.contains("goes to the secure portal (rule `external-portal`)"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("delivery fallback: a recipient whose servers"),
+        "{explain}"
+    );
+    // Policy sends pat to the portal although plain.test would take the mail.
+    let id = submit(&lab.gw, lab.work.path(), &["pat@plain.test"]);
+    let (n, _) = lab.plain.wait(1);
+    assert_no_canary("the notification", &n);
+    let link = link_of(&n);
+    let rows = lab.gw.cli_json(&["portal", "list"]);
+    let pid = rows[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(rows[0]["reason"], "external-portal");
+    // Expiry: the link answers 410 and the portal copy's key and content are gone.
+    let b = Browser::new(lab.work.path(), &lab.gw.pki.ca, "b");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = b.go(&link, None);
+        if r.status == 410 {
+            assert!(r.text().contains("contact the sender"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "link never expired");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.gw.cli_json(&["portal", "show", &pid])["state"] != "expired" {
+        assert!(Instant::now() < deadline, "never swept");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.gw.stop();
+    let ring = phigate::spool::Keyring::load(&lab.gw.key_file).expect("keyring");
+    let spool = phigate::spool::Spool::open(&lab.gw.data.join("spool"), ring).expect("spool");
+    let portal_id: phigate::types::MessageId = pid.parse().expect("id");
+    assert!(
+        spool.load(&portal_id).is_err(),
+        "the portal copy still opens"
+    );
+    assert!(
+        !spool.has_key(&portal_id).expect("read"),
+        "data key still there"
+    );
+    let original: phigate::types::MessageId = id.parse().expect("id");
+    assert!(
+        spool.load(&original).is_err(),
+        "the original was not shredded"
+    );
+    let summary = spool.summary(&original).expect("summary");
+    assert_eq!(
+        summary.recipients[0].state,
+        phigate::spool::StateTag::Expired
+    );
+}
