@@ -2,7 +2,8 @@
 # phigate's single test command (README and .ci/run use it).
 #
 # Installs the independent SMTP peers the integration tests drive (swaks, Postfix,
-# openssl, Python with aiosmtpd and cryptography, testssl, tshark, rsyslog) when missing on a
+# openssl, Python with aiosmtpd and cryptography, testssl, tshark, rsyslog) and the real
+# browser of the portal tests (Chromium, chromedriver, PIL) when missing on a
 # Debian/Ubuntu machine, then runs `cargo test --all-targets`. Extra arguments go to
 # cargo test, e.g.
 #   scripts/test.sh --test ingress_smuggling
@@ -25,15 +26,20 @@ need_install() {
   /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || return 0
   # tests/peers/dkim_verify.py (dkimpy, with PyNaCl for Ed25519 signatures).
   /usr/bin/python3 -c 'import dkim, nacl' >/dev/null 2>&1 || return 0
+  # tests/peers/webdriver.py (the real browser of the portal tests; PIL checks screenshots).
+  for bin in /usr/bin/chromium /usr/bin/chromedriver; do
+    [[ -x $bin ]] || return 0
+  done
+  /usr/bin/python3 -c 'import PIL' >/dev/null 2>&1 || return 0
   return 1
 }
 
 if need_install; then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, python3-dkim, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog);" \
+    echo "scripts/test.sh: test peers missing (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, python3-dkim, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog, chromium, chromium-driver, python3-pil);" \
       "install them as root, or tests that need them are skipped (they fail with CI=true)" >&2
   else
-    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, python3-dkim, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog)" >&2
+    echo "scripts/test.sh: installing test peers (swaks, postfix, openssl, python3-aiosmtpd, python3-cryptography, python3-jsonschema, python3-dkim, curl, testssl, tshark, knot, ldns, systemd-analyze, rsyslog, chromium, chromium-driver, python3-pil)" >&2
     if [[ -z $(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true) ]]; then
       apt-get update -qq >/dev/null
     fi
@@ -45,6 +51,7 @@ if need_install; then
       swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl python3 ca-certificates \
       knot knot-dnsutils ldnsutils systemd dpkg-dev adduser \
       python3-aiosmtpd python3-cryptography python3-jsonschema python3-dkim python3-nacl curl testssl.sh tshark rsyslog \
+      chromium chromium-driver python3-pil \
       >/dev/null
   fi
 fi
