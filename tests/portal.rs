@@ -9,8 +9,9 @@
 //! notifications, the pages, the log or the audit trail's clear fields.
 
 mod common;
+use common::browser::{browser_available, browser_run, png_check};
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -205,7 +206,13 @@ fn eml(to: &[&str]) -> Vec<u8> {
          Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
          --b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
          <p>Your result: {CANARY}</p><script>window.__pwned=1</script>\
-         <img src=\"https://evil.example/track.png\">\r\n\
+         <img src=\"https://evil.example/track.png\"><img src=x onerror=\"alert(1)\">\
+         <a id=\"js\" href=\"javascript:alert(2)\">click</a>\
+         <style>body{{background:url(https://evil.example/bg.png)}}</style>\
+         <div style=\"background:url(https://evil.example/div.png)\">styled</div>\
+         <iframe src=\"https://evil.example/frame\"></iframe>\
+         <meta http-equiv=\"refresh\" content=\"0;url=https://evil.example/\">\
+         <form action=\"https://evil.example/steal\"><input name=\"q\"></form>\r\n\
          --b1\r\nContent-Type: text/plain; name=\"labs.txt\"\r\n\
          Content-Disposition: attachment; filename=\"labs.txt\"\r\n\
          Content-Transfer-Encoding: base64\r\n\r\n{att}\r\n--b1--\r\n",
@@ -594,4 +601,125 @@ fn policy_portal_rule_and_expiry_shred_the_copy() {
         summary.recipients[0].state,
         phigate::spool::StateTag::Expired
     );
+}
+
+#[test]
+fn pages_work_in_a_real_browser_and_hostile_html_runs_nothing() {
+    if !browser_available() {
+        return;
+    }
+    let Some(lab) = lab("30d", None) else { return };
+    submit(&lab.gw, lab.work.path(), &["pat@plain.test"]);
+    let (n, _) = lab.plain.wait(1);
+    let link = link_of(&n);
+    let origin = format!("127.0.0.1:{}", lab.portal_port);
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screens");
+    std::fs::create_dir_all(&shots).expect("screens dir");
+    let landing_png = shots.join("landing.png");
+    let view_png = shots.join("view.png");
+
+    // First session: the landing page, and "Send me a code".
+    let r = browser_run(&json!([
+        {"go": link},
+        {"screenshot": landing_png.to_string_lossy()},
+        {"text": "h1"},
+        {"click": "#send-code"},
+        {"text": "p.note"},
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r[2]["text"], "You have a secure message", "{r:?}");
+    assert!(
+        r[4]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("A code is on its way"),
+        "{r:?}"
+    );
+    png_check(&landing_png, 1024, 900, 8).unwrap_or_else(|e| panic!("{e}"));
+    let code = code_of(&lab.plain.wait(2).0);
+
+    // Second session (a fresh browser, as a recipient who came back): code, message,
+    // attachment, reply, with every request the pages made recorded.
+    let r = browser_run(&json!([
+        {"go": link},                                                  // 0
+        {"fill": "#code", "text": code},                               // 1
+        {"click": "#verify"},                                          // 2
+        {"wait_url": "/view"},                                         // 3
+        {"sleep": 0.5},                                                // 4
+        {"screenshot": view_png.to_string_lossy()},                    // 5
+        {"text": "#body"},                                             // 6
+        {"alert": true},                                               // 7
+        {"eval": "return typeof window.__pwned"},                      // 8
+        {"count": "script, iframe, img, style, meta[http-equiv], form[action*=evil]"}, // 9
+        {"attr": "#body a", "name": "href"},                           // 10
+        {"cookies": true},                                             // 11
+        {"attr": "ul.attachments a", "name": "href"},                  // 12
+        {"requests": true},                                            // 13
+        {"fill": "#text", "text": "Thank you, see you Tuesday"},       // 14
+        {"click": "#reply"},                                           // 15
+        {"text": "p.note"},                                            // 16
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r[3]["url"].as_str().unwrap_or("").ends_with("/view"),
+        "{r:?}"
+    );
+    assert!(
+        r[6]["text"].as_str().unwrap_or("").contains(CANARY),
+        "{}",
+        r[6]
+    );
+    assert_eq!(r[7]["open"], false, "a dialog opened: {}", r[7]);
+    assert_eq!(
+        r[7]["calls"],
+        json!([]),
+        "a script called a dialog: {}",
+        r[7]
+    );
+    assert_eq!(r[8]["value"], "undefined", "a script ran: {}", r[8]);
+    assert_eq!(r[9]["count"], 0, "active elements survived: {}", r[9]);
+    // The javascript: link lost its href (ammonia drops disallowed schemes).
+    assert!(r[10]["value"].is_null(), "{}", r[10]);
+    let cookie = r[11]["cookies"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "phigate_portal"))
+        .unwrap_or_else(|| panic!("no session cookie: {}", r[11]))
+        .clone();
+    assert_eq!(cookie["httpOnly"], true);
+    assert_eq!(cookie["secure"], true);
+    assert_eq!(cookie["sameSite"], "Strict");
+    // The page's CSP forbids fetches from script, so the download link is followed by
+    // curl with the browser's own session cookie.
+    let href = r[12]["value"].as_str().unwrap_or("").to_string();
+    assert!(href.ends_with("/attachments/0"), "{href}");
+    let jar = lab.work.path().join("from-browser.jar");
+    std::fs::write(
+        &jar,
+        format!(
+            "127.0.0.1\tFALSE\t{}\tTRUE\t0\tphigate_portal\t{}\n",
+            cookie["path"].as_str().unwrap_or("/"),
+            cookie["value"].as_str().unwrap_or("")
+        ),
+    )
+    .expect("jar");
+    let b = Browser {
+        ca: lab.gw.pki.ca.clone(),
+        jar,
+        work: lab.work.path().to_path_buf(),
+    };
+    let att = b.go(&format!("https://{origin}{href}"), None);
+    assert_eq!(att.status, 200);
+    assert_eq!(att.body, ATTACHMENT);
+    // Nothing but the portal itself was contacted: no remote image, style or frame.
+    assert_eq!(r[13]["contacted"], json!([origin]), "{}", r[13]);
+    assert!(
+        r[16]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reply was sent"),
+        "{r:?}"
+    );
+    png_check(&view_png, 1024, 900, 8).unwrap_or_else(|e| panic!("{e}"));
+    let (reply, _) = lab.clinic.wait(1);
+    assert!(text_of(&reply).contains("see you Tuesday"));
 }
