@@ -5,7 +5,7 @@
 //! with a one-time code, an administrator revokes it, or `link_ttl` passes. Ending it
 //! crypto-shreds the copy. Every step is an audit record with client facts, never content.
 
-mod record;
+pub mod record;
 pub mod web;
 
 pub use record::{Entry, State};

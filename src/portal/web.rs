@@ -336,17 +336,22 @@ async fn landing(AxState(st): AxState<Arc<WebState>>, Path(token): Path<String>)
     }
 }
 
+/// The fields of a form body, or None when it is not UTF-8 (the caller's 400 page).
+pub fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
+    std::str::from_utf8(body).ok()?;
+    Some(form_urlencoded::parse(body).into_owned().collect())
+}
+
 /// The form fields of a POST; a body that is not a form is a 400 page.
 fn form(st: &WebState, body: &Bytes) -> Result<HashMap<String, String>, Response> {
-    if std::str::from_utf8(body).is_err() {
-        return Err(page(
+    parse_form(body).ok_or_else(|| {
+        page(
             st,
             StatusCode::BAD_REQUEST,
             "Bad request",
             "The form could not be read.",
-        ));
-    }
-    Ok(form_urlencoded::parse(body).into_owned().collect())
+        )
+    })
 }
 
 fn csrf_refused(st: &WebState) -> Response {
@@ -620,7 +625,7 @@ async fn message_page(
 }
 
 /// A download name that is safe in a header and on any file system.
-fn safe_filename(name: &str) -> String {
+pub fn safe_filename(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
