@@ -5,14 +5,16 @@
 //! `delivery`):
 //! - L0 `config`, `types` (IDs, envelope, per-recipient status, the one `TlsLevel`),
 //!   `smtp::proto` (I/O-free codec)
-//! - L1 `tls`, `auth`, `sandbox`, `message`, `dlp`, `policy`, `spool`, `audit`, `dns`,
-//!   `metrics`, `webhook` (events out); then `limits`, `freeze` (containment state,
-//!   revocation) and `alerts`, which use the spool, audit trail and metrics
+//! - L1 `tls`, `https` (the HTTPS server stack), `auth`, `sandbox`, `message`, `dlp`,
+//!   `notice` (the one mail type that may go without TLS), `policy`, `spool`, `audit`,
+//!   `dns`, `metrics`, `webhook` (events out); then `limits`, `freeze` (containment
+//!   state, revocation) and `alerts`, which use the spool, audit trail and metrics
 //! - L2 `services` (the one handle on spool, audit, metrics, webhooks and clock), then
-//!   `delivery` (MX → MTA-STS → DANE → TLS client; the `Transport` the queue drives) and
-//!   `queue`
+//!   `delivery` (MX → MTA-STS → DANE → TLS client; the `Transport` the queue drives),
+//!   `portal` (its store and notifier; `portal::web` is L3) and `queue`
 //! - L3 `pipeline` (parse → DLP → policy → spool → queue → audit), the front ends
-//!   (`smtp::session`), `listener`, `control` (the daemon side of the control socket)
+//!   (`smtp::session`, `api`, `portal::web`), `listener`, `control` (the daemon side of
+//!   the control socket)
 //! - L4 `server` (builds the services once, wires everything, signals, systemd notify)
 //! - L5 `cli`
 

@@ -230,6 +230,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     policy.mode()
                 ));
             }
+            if let Some(p) = &cfg.portal {
+                crate::portal::check_template(p).map_err(|e| config::ConfigError::Invalid {
+                    file: cfg.source.clone(),
+                    key: "portal.notification_template".into(),
+                    message: e.to_string(),
+                })?;
+                summary.push_str(&format!(", portal {}", p.public_url));
+            }
             if let Some(d) = cfg.api.as_ref().and_then(|a| a.templates_dir.as_ref()) {
                 let t = crate::templates::Templates::load(d)?;
                 summary.push_str(&format!(", {} API templates", t.names().count()));

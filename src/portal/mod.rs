@@ -915,6 +915,11 @@ impl Portal {
     }
 }
 
+/// `check-config`: the notification template compiles.
+pub fn check_template(cfg: &PortalConfig) -> Result<(), PortalError> {
+    load_template(cfg).map(|_| ())
+}
+
 fn load_template(cfg: &PortalConfig) -> Result<Templates, PortalError> {
     let source = match &cfg.notification_template {
         Some(p) => std::fs::read_to_string(p)
