@@ -72,6 +72,12 @@ name = "cards-held"
 action = "quarantine"
 [rule.match]
 detectors = ["card"]
+
+[[rule]]
+name = "portal-route"
+action = "portal"
+[rule.match]
+recipient = ["*@portal.test"]
 "#;
 
 use common::canary::{contains, forms};
@@ -316,7 +322,8 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     let mut delivery = format!(
         "mode = \"mx\"\ntls_level = \"encrypt\"\nconnect_timeout = \"5s\"\n\
          [delivery.domains.\"x.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n\
-         [delivery.domains.\"clinic.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n"
+         [delivery.domains.\"clinic.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n\
+         [delivery.domains.\"portal.test\"]\nroute = \"127.0.0.1:{sink_port}\"\ntls_level = \"encrypt\"\n"
     );
     // The harness has no hook for extra sections; they ride after the `[delivery]` body.
     // The webhook and syslog use their defaults: all events, no addresses.
@@ -333,6 +340,11 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     // The HTTPS API (#14) on too: its answers, problem documents and events are checked.
     let api_port = free_port();
     delivery += &format!("\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n");
+    // The secure portal (#15): its notification, pages before verification and logs.
+    let portal_port = free_port();
+    delivery += &format!(
+        "\n[portal]\nlisten = \"127.0.0.1:{portal_port}\"\npublic_url = \"https://127.0.0.1:{portal_port}\"\n"
+    );
     delivery += "\n[limits]\nrecipients_per_day = 4\n\n[alerts]\nvolume_factor = 1.0\nvolume_min_messages = 0\ndlp_findings = 1\n";
     let mut gw = Gateway::start(GwOpts {
         listeners: vec![listener("smtps", "implicit", &["ip"])],
@@ -687,6 +699,100 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     assert!(!page.contains('@'), "address in events: {page}");
     let found = leaks(events[1].to_string().as_bytes(), &content_canaries);
     assert!(found.is_empty(), "canaries in a status: {found:?}");
+
+    // 6. The same content to a recipient policy sends to the secure portal: the
+    //    notification and the code mail (delivered to the receiver), and every page
+    //    before verification, carry no canary. Sent through the API: the SMTP identity is
+    //    at its recipient limit.
+    let portal_rcpt = format!("{LOCAL}@portal.test");
+    let mut portal_msg = api_msg.clone();
+    portal_msg["to"] = serde_json::json!([portal_rcpt]);
+    let answers = api_call(&serde_json::json!({
+        "port": api_port, "host": HOSTNAME, "ca": ca,
+        "requests": [{"method": "POST", "path": "/v1/messages", "key": api_key, "body": portal_msg}],
+    }));
+    assert_eq!(answers[0]["status"], 202, "API send to the portal: {}", answers[0]);
+    let to_portal = |n: usize| {
+        let mut v: Vec<PathBuf> = envelopes()
+            .into_iter()
+            .filter(|(_, e)| e["to"] == serde_json::json!([portal_rcpt]))
+            .map(|(p, _)| p)
+            .collect();
+        v.sort();
+        (v.len() >= n).then(|| v[n - 1].clone())
+    };
+    assert!(
+        wait_for("portal notification", Duration::from_secs(60), || to_portal(1).is_some()),
+        "no portal notification; phigate log:\n{}",
+        String::from_utf8_lossy(&read(&err_path))
+    );
+    let notice = std::fs::read(to_portal(1).expect("notice")).expect("read notice");
+    let found = leaks(&notice, &content_canaries);
+    assert!(found.is_empty(), "canaries in the portal notification: {found:?}");
+    let notice_text = mail_parser::MessageParser::default()
+        .parse(&notice)
+        .and_then(|m| m.body_text(0).map(|t| t.to_string()))
+        .unwrap_or_default();
+    let link = notice_text
+        .split_whitespace()
+        .find(|w| w.contains("/m/"))
+        .unwrap_or_else(|| panic!("no link in the notification: {notice_text}"))
+        .to_string();
+    let jar = work.path().join("portal.jar");
+    let curl = |url: &str, form: Option<&str>| -> (u16, Vec<u8>) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-i", "--max-time", "20", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(&ca)
+            .arg("-b")
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar);
+        if let Some(f) = form {
+            c.args(["--data-raw", f]);
+        }
+        let out = c.arg(url).output().expect("curl").stdout;
+        let text = String::from_utf8_lossy(&out);
+        let code = text.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        (code, out)
+    };
+    let (code, landing) = curl(&link, None);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&landing));
+    let page = String::from_utf8_lossy(&landing).into_owned();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+        .to_string();
+    let mut pages = vec![landing];
+    let (code, sent) = curl(&format!("{link}/code"), Some(&format!("csrf={csrf}")));
+    assert_eq!(code, 200);
+    pages.push(sent);
+    for (url, form) in [
+        (format!("{link}/view"), None),
+        (format!("{link}/attachments/0"), None),
+        (format!("{link}/verify"), Some(format!("csrf={csrf}&code=000000"))),
+        (format!("{link}/reply"), Some(format!("csrf={csrf}&text={BODY}"))),
+        (format!("{link}/code"), Some("csrf=forged".to_string())),
+    ] {
+        let (code, body) = curl(&url, form.as_deref());
+        assert!((400..500).contains(&code), "{url}: {code}");
+        pages.push(body);
+    }
+    for p in &pages {
+        let found = leaks(p, &all_canaries());
+        assert!(found.is_empty(), "canaries in a portal page: {found:?}\n{}", String::from_utf8_lossy(p));
+        assert!(!String::from_utf8_lossy(p).contains("portal.test"), "the address on a page");
+    }
+    assert!(
+        wait_for("code mail", Duration::from_secs(60), || to_portal(2).is_some()),
+        "no code mail"
+    );
+    let code_mail = std::fs::read(to_portal(2).expect("code mail")).expect("read");
+    let found = leaks(&code_mail, &content_canaries);
+    assert!(found.is_empty(), "canaries in the code mail: {found:?}");
+    assert!(contains(&code_mail, b"Code: "), "not the code mail");
 
     // Metrics: the scrape shows the mix went through, and no canary.
     let base = format!("http://127.0.0.1:{metrics_port}");
