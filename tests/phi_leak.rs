@@ -711,7 +711,11 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         "port": api_port, "host": HOSTNAME, "ca": ca,
         "requests": [{"method": "POST", "path": "/v1/messages", "key": api_key, "body": portal_msg}],
     }));
-    assert_eq!(answers[0]["status"], 202, "API send to the portal: {}", answers[0]);
+    assert_eq!(
+        answers[0]["status"], 202,
+        "API send to the portal: {}",
+        answers[0]
+    );
     let to_portal = |n: usize| {
         let mut v: Vec<PathBuf> = envelopes()
             .into_iter()
@@ -722,13 +726,18 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         (v.len() >= n).then(|| v[n - 1].clone())
     };
     assert!(
-        wait_for("portal notification", Duration::from_secs(60), || to_portal(1).is_some()),
+        wait_for("portal notification", Duration::from_secs(60), || {
+            to_portal(1).is_some()
+        }),
         "no portal notification; phigate log:\n{}",
         String::from_utf8_lossy(&read(&err_path))
     );
     let notice = std::fs::read(to_portal(1).expect("notice")).expect("read notice");
     let found = leaks(&notice, &content_canaries);
-    assert!(found.is_empty(), "canaries in the portal notification: {found:?}");
+    assert!(
+        found.is_empty(),
+        "canaries in the portal notification: {found:?}"
+    );
     let notice_text = mail_parser::MessageParser::default()
         .parse(&notice)
         .and_then(|m| m.body_text(0).map(|t| t.to_string()))
@@ -753,7 +762,11 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
         }
         let out = c.arg(url).output().expect("curl").stdout;
         let text = String::from_utf8_lossy(&out);
-        let code = text.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        let code = text
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
         (code, out)
     };
     let (code, landing) = curl(&link, None);
@@ -772,8 +785,14 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     for (url, form) in [
         (format!("{link}/view"), None),
         (format!("{link}/attachments/0"), None),
-        (format!("{link}/verify"), Some(format!("csrf={csrf}&code=000000"))),
-        (format!("{link}/reply"), Some(format!("csrf={csrf}&text={BODY}"))),
+        (
+            format!("{link}/verify"),
+            Some(format!("csrf={csrf}&code=000000")),
+        ),
+        (
+            format!("{link}/reply"),
+            Some(format!("csrf={csrf}&text={BODY}")),
+        ),
         (format!("{link}/code"), Some("csrf=forged".to_string())),
     ] {
         let (code, body) = curl(&url, form.as_deref());
@@ -782,11 +801,19 @@ fn canaries_never_leave_the_encrypted_spool_or_the_tls_channel() {
     }
     for p in &pages {
         let found = leaks(p, &all_canaries());
-        assert!(found.is_empty(), "canaries in a portal page: {found:?}\n{}", String::from_utf8_lossy(p));
-        assert!(!String::from_utf8_lossy(p).contains("portal.test"), "the address on a page");
+        assert!(
+            found.is_empty(),
+            "canaries in a portal page: {found:?}\n{}",
+            String::from_utf8_lossy(p)
+        );
+        assert!(
+            !String::from_utf8_lossy(p).contains("portal.test"),
+            "the address on a page"
+        );
     }
     assert!(
-        wait_for("code mail", Duration::from_secs(60), || to_portal(2).is_some()),
+        wait_for("code mail", Duration::from_secs(60), || to_portal(2)
+            .is_some()),
         "no code mail"
     );
     let code_mail = std::fs::read(to_portal(2).expect("code mail")).expect("read");

@@ -223,6 +223,7 @@ fn eml(to: &[&str]) -> Vec<u8> {
 
 struct Lab {
     gw: Gateway,
+    hooks: std::sync::Arc<std::sync::Mutex<Vec<Post>>>,
     work: tempfile::TempDir,
     plain: Sink,
     badcert: Sink,
@@ -246,6 +247,9 @@ fn lab(link_ttl: &str, policy: Option<&str>) -> Option<Lab> {
     );
     let clinic = Sink::start(work.path(), "clinic", Some((&mx_pki.cert, &mx_pki.key)));
     let portal_port = free_port();
+    let (hook_port, hooks) = http_receiver(|_| "200 OK");
+    let secret = work.path().join("hook.secret");
+    std::fs::write(&secret, "portal-hook-secret\n").expect("hook secret");
     let mut opts = GwOpts::spool();
     opts.delivery = Some(format!(
         "mode = \"mx\"\ntls_level = \"verify\"\nextra_ca_file = \"{ca}\"\nconnect_timeout = \"5s\"\n\
@@ -260,13 +264,16 @@ fn lab(link_ttl: &str, policy: Option<&str>) -> Option<Lab> {
     ));
     opts.server_extra += &format!(
         "\n[portal]\nlisten = \"127.0.0.1:{portal_port}\"\npublic_url = \"https://127.0.0.1:{portal_port}\"\n\
-         organization = \"Test Clinic\"\nlink_ttl = \"{link_ttl}\"\nmax_code_attempts = 5\n"
+         organization = \"Test Clinic\"\nlink_ttl = \"{link_ttl}\"\nmax_code_attempts = 5\n\
+         \n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"{}\"\n",
+        secret.display()
     );
     opts.policy = policy.map(str::to_string);
     let mut gw = Gateway::configure(opts);
     gw.launch();
     Some(Lab {
         gw,
+        hooks,
         work,
         plain,
         badcert,
@@ -525,6 +532,27 @@ fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
         "{text}"
     );
     assert_no_canary("phigate's log", gw.log().as_bytes());
+
+    // Webhooks tell the sender's side: portal, picked up, revoked; no address, no canary.
+    let types = || -> Vec<String> {
+        (lab.hooks.lock().expect("lock").iter())
+            .filter_map(|p| serde_json::from_slice::<Value>(&p.body).ok())
+            .filter_map(|v| v["type"].as_str().map(str::to_string))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = ["message.portal", "message.picked_up", "message.revoked"];
+    while !want.iter().all(|w| types().iter().any(|t| t == w)) {
+        assert!(Instant::now() < deadline, "webhook events: {:?}", types());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for p in lab.hooks.lock().expect("lock").iter() {
+        assert_no_canary("a webhook", &p.body);
+        assert!(
+            !String::from_utf8_lossy(&p.body).contains('@'),
+            "address in a webhook"
+        );
+    }
 }
 
 #[test]
