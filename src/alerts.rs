@@ -24,6 +24,8 @@ pub enum AlertKind {
     AuthLockout,
     NewSourceIp,
     TlsVerification,
+    /// A portal notification had DLP findings and was not sent (a template leaks PHI).
+    PortalNotice,
 }
 
 impl AlertKind {
@@ -35,6 +37,7 @@ impl AlertKind {
             AlertKind::AuthLockout => "auth_lockout",
             AlertKind::NewSourceIp => "new_source_ip",
             AlertKind::TlsVerification => "tls_verification",
+            AlertKind::PortalNotice => "portal_notice_refused",
         }
     }
 }
@@ -275,6 +278,27 @@ impl Alerts {
             ip: (!peer_ip.is_empty()).then(|| peer_ip.to_string()),
             rule: "delivery attempt failed TLS verification".into(),
             counts: vec![("recipients", recipients)],
+        });
+    }
+
+    /// A portal notification or code mail had DLP findings and was not sent: the
+    /// template (or the organisation name) carries something that looks like PHI. Once
+    /// an hour: every retry of the message would repeat it.
+    pub fn portal_notice_refused(&self, findings: &str) {
+        let hour = crate::types::now_secs() / 3600;
+        if !self.first((AlertKind::PortalNotice, String::new(), hour)) {
+            return;
+        }
+        let n = findings
+            .split(',')
+            .filter_map(|p| p.rsplit('=').next()?.trim().parse::<u64>().ok())
+            .sum();
+        self.raise(Alert {
+            kind: AlertKind::PortalNotice,
+            identity: None,
+            ip: None,
+            rule: "portal notification has DLP findings; not sent".into(),
+            counts: vec![("findings", n)],
         });
     }
 }

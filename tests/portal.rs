@@ -231,7 +231,7 @@ struct Lab {
     portal_port: u16,
 }
 
-fn lab(link_ttl: &str, policy: Option<&str>) -> Option<Lab> {
+fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<Lab> {
     if !require_tool("python3") || !require_tool("curl") {
         return None;
     }
@@ -250,6 +250,14 @@ fn lab(link_ttl: &str, policy: Option<&str>) -> Option<Lab> {
     let (hook_port, hooks) = http_receiver(|_| "200 OK");
     let secret = work.path().join("hook.secret");
     std::fs::write(&secret, "portal-hook-secret\n").expect("hook secret");
+    let template_line = match template {
+        Some(t) => {
+            let f = work.path().join("notification.txt");
+            std::fs::write(&f, t).expect("template");
+            format!("notification_template = \"{}\"\n", f.display())
+        }
+        None => String::new(),
+    };
     let mut opts = GwOpts::spool();
     opts.delivery = Some(format!(
         "mode = \"mx\"\ntls_level = \"verify\"\nextra_ca_file = \"{ca}\"\nconnect_timeout = \"5s\"\n\
@@ -265,7 +273,7 @@ fn lab(link_ttl: &str, policy: Option<&str>) -> Option<Lab> {
     opts.server_extra += &format!(
         "\n[portal]\nlisten = \"127.0.0.1:{portal_port}\"\npublic_url = \"https://127.0.0.1:{portal_port}\"\n\
          organization = \"Test Clinic\"\nlink_ttl = \"{link_ttl}\"\nmax_code_attempts = 5\n\
-         \n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"{}\"\n",
+         {template_line}\n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"{}\"\n",
         secret.display()
     );
     opts.policy = policy.map(str::to_string);
@@ -314,7 +322,9 @@ fn audit_kinds(gw: &Gateway) -> Vec<Value> {
 
 #[test]
 fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
-    let Some(lab) = lab("30d", None) else { return };
+    let Some(lab) = lab("30d", None, None) else {
+        return;
+    };
     let gw = &lab.gw;
     let id = submit(gw, lab.work.path(), &["pat@plain.test", "kim@badcert.test"]);
 
@@ -558,7 +568,7 @@ fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
 #[test]
 fn policy_portal_rule_and_expiry_shred_the_copy() {
     let policy = "[default]\naction = \"accept\"\n\n[[rule]]\nname = \"external-portal\"\naction = \"portal\"\n[rule.match]\nrecipient = [\"*@plain.test\"]\n";
-    let Some(mut lab) = lab("3s", Some(policy)) else {
+    let Some(mut lab) = lab("3s", Some(policy), None) else {
         return;
     };
     let explain = {
@@ -636,7 +646,9 @@ fn pages_work_in_a_real_browser_and_hostile_html_runs_nothing() {
     if !browser_available() {
         return;
     }
-    let Some(lab) = lab("30d", None) else { return };
+    let Some(lab) = lab("30d", None, None) else {
+        return;
+    };
     submit(&lab.gw, lab.work.path(), &["pat@plain.test"]);
     let (n, _) = lab.plain.wait(1);
     let link = link_of(&n);
@@ -750,4 +762,37 @@ fn pages_work_in_a_real_browser_and_hostile_html_runs_nothing() {
     png_check(&view_png, 1024, 900, 8).unwrap_or_else(|e| panic!("{e}"));
     let (reply, _) = lab.clinic.wait(1);
     assert!(text_of(&reply).contains("see you Tuesday"));
+}
+
+#[test]
+fn a_notification_with_dlp_findings_is_never_sent() {
+    // An admin template that would put something SSN-shaped into every notification.
+    let template = "{{ organization }}: open {{ link }} (reference 536-22-8901)\n";
+    let Some(lab) = lab("30d", None, Some(template)) else {
+        return;
+    };
+    let id = submit(&lab.gw, lab.work.path(), &["pat@plain.test"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lab.gw.log().contains("portal notification refused by DLP") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            lab.gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !lab.plain.dir.join("1.json").exists(),
+        "a notification went out"
+    );
+    let shown = lab.gw.cli_json(&["queue", "show", &id]);
+    assert_eq!(
+        shown["summary"]["recipients"][0]["state"], "deferred",
+        "{shown}"
+    );
+    assert_eq!(lab.gw.cli_json(&["portal", "list"]), json!([]));
+    let log = lab.gw.log();
+    assert!(log.contains("alert=\"portal_notice_refused\""), "{log}");
+    assert!(!log.contains("8901"), "the finding's value is logged");
 }

@@ -411,6 +411,9 @@ impl Portal {
             Err(e) => {
                 // Never sent: the message stays queued and an administrator must look.
                 warn!(error = %e, "portal notification refused by DLP");
+                if let NoticeError::NotClean(findings) = &e {
+                    self.services.alerts.portal_notice_refused(findings);
+                }
                 self.services.metrics.inc(
                     crate::metrics::PORTAL_EVENTS,
                     &[("event", "notice_refused")],
