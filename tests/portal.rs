@@ -486,6 +486,11 @@ fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
         shown["expires_at"].as_u64(),
         kim_row["expires_at"].as_u64().map(|e| e + 7 * 86400)
     );
+    // resend: a new notification with the same link.
+    gw.cli_ok(&["portal", "resend", kim_id]);
+    let (again, _) = lab.badcert.wait(3);
+    assert_eq!(link_of(&again), kim_link);
+    assert_no_canary("the resent notification", &again);
     gw.cli_ok(&["portal", "revoke", kim_id]);
     for path in ["", "/view", "/attachments/0"] {
         assert_eq!(
@@ -528,6 +533,7 @@ fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
         "portal_downloaded",
         "portal_replied",
         "portal_extended",
+        "portal_resent",
         "portal_revoked",
     ] {
         assert!(kinds.contains(&k), "no {k} in the trail: {kinds:?}");

@@ -30,7 +30,7 @@ pub enum PortalAction {
         #[arg(long)]
         by: Seconds,
     },
-    /// Send the notification again, with a fresh link (the old one stops working).
+    /// Send the notification again, with the same link.
     Resend { id: String },
 }
 

@@ -36,6 +36,9 @@ The link works until {{ expires }}. If it has expired, please contact the sender
 This notification contains no message content.
 ";
 
+/// How the sealed copy's envelope carries the link token.
+const TOKEN_PREFIX: &str = "portal-token:";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PortalError {
     #[error(transparent)]
@@ -300,11 +303,14 @@ impl Portal {
         let token = record::random_token();
         let expires_at = now + self.cfg.link_ttl.0;
         let notice = self.notification(&rcpt.address, &token, expires_at)?;
+        // The token rides in the sealed copy's envelope (never in clear), so `resend`
+        // can send the same link again; it is shredded with the copy.
         let copy_env = Envelope {
             recipients: vec![Recipient {
                 portal: None,
                 ..rcpt.clone()
             }],
+            session: format!("{TOKEN_PREFIX}{token}"),
             ..env.clone()
         };
         let attachments = crate::message::parse(content)
@@ -839,8 +845,7 @@ impl Portal {
         Ok(e)
     }
 
-    /// A new notification with the same link. The token is not stored, so the link is
-    /// re-issued: a new token replaces the old one (the old link then answers 404).
+    /// A new notification with the same link (its token is read from the sealed copy).
     pub async fn resend(&self, id: &MessageId, admin: &str) -> Result<Entry, PortalError> {
         let _g = self.lock.lock().await;
         let mut e = self.get(id)?;
@@ -850,16 +855,14 @@ impl Portal {
             .first()
             .map(|r| r.address.clone())
             .unwrap_or_default();
-        let token = record::random_token();
+        let token = env
+            .session
+            .strip_prefix(TOKEN_PREFIX)
+            .filter(|t| record::hash(t) == e.token_hash)
+            .ok_or_else(|| PortalError::Corrupt(format!("{id}: the sealed link is missing")))?
+            .to_string();
         let notice = self.notification(&to, &token, e.expires_at)?;
-        let (notice_id, mut ops) = self.notice_ops(&e.id, &to, notice)?;
-        ops.push(Op::Delete(Tree::Meta, token_key(&e.token_hash)));
-        e.token_hash = record::hash(&token);
-        ops.push(Op::Put(
-            Tree::Meta,
-            token_key(&e.token_hash),
-            e.id.to_string().into_bytes(),
-        ));
+        let (notice_id, ops) = self.notice_ops(&e.id, &to, notice)?;
         e.notices += 1;
         let ev = AuditEvent::new(Kind::PortalResent)
             .message(e.msg)
