@@ -720,26 +720,12 @@ fn status_follows_delivery_to_a_real_receiving_mta() {
     let (cert, key) = api.gw.pki.new_server_cert();
     std::fs::write(work.path().join("mx.pem"), cert).expect("cert");
     std::fs::write(work.path().join("mx.key"), key).expect("key");
-    let inbox = work.path().join("inbox");
-    std::fs::create_dir_all(&inbox).expect("inbox");
-    let log = work.path().join("sink.log");
-    let mut sink = Command::new(common::PYTHON)
-        .arg(common::peers_dir().join("tls_sink.py"))
-        .arg(sink_port.to_string())
-        .arg(work.path().join("mx.pem"))
-        .arg(work.path().join("mx.key"))
-        .arg(&inbox)
-        .stdout(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("tls_sink.py");
-    let ready = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready")) {
-        assert!(
-            Instant::now() < ready,
-            "tls_sink.py did not start (python3-aiosmtpd?)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let sink = common::sink::Sink::start_on(
+        sink_port,
+        work.path(),
+        "inbox",
+        Some((&work.path().join("mx.pem"), &work.path().join("mx.key"))),
+    );
     // A real (non-sandbox) key: its mail goes out through the delivery engine.
     let app = api
         .gw
@@ -760,8 +746,8 @@ fn status_follows_delivery_to_a_real_receiving_mta() {
         }
         std::thread::sleep(Duration::from_millis(300));
     };
-    let _ = sink.kill();
-    let _ = sink.wait();
+    let inbox = sink.dir.clone();
+    drop(sink);
     let rs = &s["body"]["recipients"];
     assert_eq!(rs[0]["state"], "delivered", "{s}");
     let tls = rs[0]["history"][0]["tls_version"].as_str().unwrap_or("");

@@ -173,3 +173,69 @@ fn bad_extraction_limit_names_policy_file_and_key() {
     assert!(err.contains("max_depth") && err.contains("0..=16"), "{err}");
     assert!(err.contains(":6"), "line not named: {err}");
 }
+
+/// `[portal]` and its uses: a bad public URL, a fallback or a policy rule without the
+/// section, a broken notification template; each named with its file and key.
+#[test]
+fn portal_mistakes_are_named_with_file_and_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let pki = Pki::new(dir);
+    let good = good_config(dir, &pki);
+    let portal =
+        "\n[portal]\nlisten = \"127.0.0.1:8444\"\npublic_url = \"https://secure.clinic.test\"\n";
+    let (ok, out, err, _) = check(dir, "portal.toml", &format!("{good}{portal}"));
+    assert!(ok, "{err}");
+    assert!(out.contains("portal 127.0.0.1:8444 https"), "{out}");
+
+    let text = format!(
+        "{good}{}",
+        portal.replace("https://secure.clinic.test", "http://x.test/path")
+    );
+    assert_refused(
+        dir,
+        "portal-url.toml",
+        &text,
+        "portal.public_url",
+        "https://",
+    );
+
+    let text = good.replace("[delivery]\n", "[delivery]\non_tls_failure = \"portal\"\n");
+    assert_refused(
+        dir,
+        "fallback.toml",
+        &text,
+        "delivery.on_tls_failure",
+        "[portal]",
+    );
+
+    let template = dir.join("notification.txt");
+    std::fs::write(&template, "{{ link }\n").expect("template");
+    let text = format!(
+        "{good}{portal}notification_template = \"{}\"\n",
+        template.display()
+    );
+    assert_refused(
+        dir,
+        "template.toml",
+        &text,
+        "portal.notification_template",
+        "notification",
+    );
+
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"webmail\"\naction = \"portal\"\n[rule.match]\nrecipient = [\"*@gmail.com\"]\n",
+    )
+    .expect("policy");
+    let text = format!("{good}\n[policy]\nfile = \"{}\"\n", policy.display());
+    let (ok, _, err, _) = check(dir, "policy-portal.toml", &text);
+    assert!(!ok, "a portal rule without [portal] was accepted");
+    assert!(
+        err.contains(&policy.display().to_string())
+            && err.contains("rule `webmail`")
+            && err.contains("[portal]"),
+        "{err}"
+    );
+}

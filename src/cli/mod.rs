@@ -222,8 +222,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let cfg = Config::load(&cli.config)?;
             let mut summary = cfg.summary();
             if let Some(p) = &cfg.policy.file {
-                // The server's own loader: it also refuses a `portal` rule without [portal].
-                let policy = crate::server::load_policy(&cfg)?;
+                let policy = crate::policy::Policy::load(p)?;
+                if let (Some(rule), None) = (policy.uses_portal(), &cfg.portal) {
+                    return Err(config::ConfigError::Invalid {
+                        file: p.display().to_string(),
+                        key: format!("rule `{rule}`.action"),
+                        message: format!("\"portal\" needs a [portal] section in {}", cfg.source),
+                    }
+                    .into());
+                }
                 summary.push_str(&format!(
                     ", policy {} ({:?} mode)",
                     p.display(),

@@ -196,6 +196,29 @@ impl Portal {
 
     // ---- records -------------------------------------------------------------------
 
+    /// The entry, if it is still active (ended ones are an error, answered 410).
+    fn active(&self, id: &MessageId) -> Result<Entry, PortalError> {
+        let e = self.get(id)?;
+        if e.state != State::Active {
+            return Err(PortalError::Ended(e.id, e.state.as_str()));
+        }
+        Ok(e)
+    }
+
+    /// The recipient's address, from the sealed copy.
+    fn recipient_of(&self, e: &Entry) -> Result<String, PortalError> {
+        let (env, _) = self.content(e)?;
+        Ok(env
+            .recipients
+            .first()
+            .map(|r| r.address.clone())
+            .unwrap_or_default())
+    }
+
+    fn count(&self, event: &str) {
+        (self.services.metrics).inc(crate::metrics::PORTAL_EVENTS, &[("event", event)]);
+    }
+
     pub fn get(&self, id: &MessageId) -> Result<Entry, PortalError> {
         let raw = self
             .services
@@ -363,9 +386,7 @@ impl Portal {
             .person("recipient", rcpt.address.as_str());
         self.save(&entry, ops, vec![event]).await?;
         info!(msg_id = %msg, rcpt_index = index, portal_id = %id, notice_id = %notice_id, reason, "handed to the secure portal");
-        self.services
-            .metrics
-            .inc(crate::metrics::PORTAL_EVENTS, &[("event", "notified")]);
+        self.count("notified");
         self.wake_queue();
         Ok(Handoff {
             portal: id,
@@ -420,10 +441,7 @@ impl Portal {
                 if let NoticeError::NotClean(findings) = &e {
                     self.services.alerts.portal_notice_refused(findings);
                 }
-                self.services.metrics.inc(
-                    crate::metrics::PORTAL_EVENTS,
-                    &[("event", "notice_refused")],
-                );
+                self.count("notice_refused");
                 Err(e.into())
             }
         }
@@ -500,11 +518,8 @@ impl Portal {
         c: &Client,
     ) -> Result<CodeRequest, PortalError> {
         let _g = self.lock.lock().await;
-        let mut e = self.get(id)?;
+        let mut e = self.active(id)?;
         let now = self.services.now();
-        if e.state != State::Active {
-            return Err(PortalError::Ended(e.id, e.state.as_str()));
-        }
         if e.locked_until > now {
             return Ok(CodeRequest::Locked {
                 until: e.locked_until,
@@ -517,12 +532,7 @@ impl Portal {
         if e.codes_sent >= self.cfg.codes_per_hour {
             return Ok(CodeRequest::RateLimited);
         }
-        let (env, _) = self.content(&e)?;
-        let to = env
-            .recipients
-            .first()
-            .map(|r| r.address.clone())
-            .unwrap_or_default();
+        let to = self.recipient_of(&e)?;
         let (code, pending) = record::new_code(now + self.cfg.code_ttl.0);
         let text = format!(
             "Your one-time code for the secure message from {org}:\r\n\r\nCode: {code}\r\n\r\nIt works for {mins} minutes. If you did not ask for it, ignore this mail.\r\n",
@@ -541,10 +551,7 @@ impl Portal {
             .event(Kind::PortalCodeRequested, &e, c)
             .field("notice_id", notice_id.to_string());
         self.save(&e, ops, vec![ev]).await?;
-        self.services.metrics.inc(
-            crate::metrics::PORTAL_EVENTS,
-            &[("event", "code_requested")],
-        );
+        self.count("code_requested");
         self.wake_queue();
         Ok(CodeRequest::Sent)
     }
@@ -557,11 +564,8 @@ impl Portal {
         c: &Client,
     ) -> Result<Verified, PortalError> {
         let _g = self.lock.lock().await;
-        let mut e = self.get(id)?;
+        let mut e = self.active(id)?;
         let now = self.services.now();
-        if e.state != State::Active {
-            return Err(PortalError::Ended(e.id, e.state.as_str()));
-        }
         if e.locked_until > now {
             return Ok(Verified::Locked {
                 until: e.locked_until,
@@ -588,9 +592,7 @@ impl Portal {
                 Verified::Wrong { left }
             };
             self.save(&e, Vec::new(), vec![ev]).await?;
-            self.services
-                .metrics
-                .inc(crate::metrics::PORTAL_EVENTS, &[("event", "code_failed")]);
+            self.count("code_failed");
             return Ok(answer);
         }
         let cookie = record::random_token();
@@ -605,19 +607,14 @@ impl Portal {
         }
         let ev = self.event(Kind::PortalVerified, &e, c);
         self.save(&e, Vec::new(), vec![ev]).await?;
-        self.services
-            .metrics
-            .inc(crate::metrics::PORTAL_EVENTS, &[("event", "verified")]);
+        self.count("verified");
         Ok(Verified::Session(cookie))
     }
 
     /// Is `cookie` a live session of `e`? A live one is touched (idle timeout restarts).
     pub async fn session(&self, id: &MessageId, cookie: &str) -> Result<bool, PortalError> {
         let _g = self.lock.lock().await;
-        let mut e = self.get(id)?;
-        if e.state != State::Active {
-            return Err(PortalError::Ended(e.id, e.state.as_str()));
-        }
+        let mut e = self.active(id)?;
         let now = self.services.now();
         let h = record::hash(cookie);
         let idle = self.cfg.session_idle.0;
@@ -665,9 +662,7 @@ impl Portal {
                     .field("status", "picked-up"),
             );
             ops.extend(self.retag_ops(&e, StateTag::PickedUp));
-            self.services
-                .metrics
-                .inc(crate::metrics::PORTAL_EVENTS, &[("event", "picked_up")]);
+            self.count("picked_up");
         }
         self.save(&e, ops, events).await
     }
@@ -768,9 +763,7 @@ impl Portal {
             AuditEvent::spooled(reply_id, &key_id, false),
         ];
         self.save(&e, ops, events).await?;
-        self.services
-            .metrics
-            .inc(crate::metrics::PORTAL_EVENTS, &[("event", "replied")]);
+        self.count("replied");
         self.wake_queue();
         Ok(reply_id)
     }
@@ -817,9 +810,7 @@ impl Portal {
         }
         self.save(&e, ops, vec![ev]).await?;
         info!(portal_id = %e.id, msg_id = %e.msg, status, "portal message ended, content shredded");
-        self.services
-            .metrics
-            .inc(crate::metrics::PORTAL_EVENTS, &[("event", status)]);
+        self.count(status);
         Ok(e)
     }
 
@@ -831,10 +822,7 @@ impl Portal {
 
     pub async fn extend(&self, id: &MessageId, by: u64, admin: &str) -> Result<Entry, PortalError> {
         let _g = self.lock.lock().await;
-        let mut e = self.get(id)?;
-        if e.state != State::Active {
-            return Err(PortalError::Ended(e.id, e.state.as_str()));
-        }
+        let mut e = self.active(id)?;
         e.expires_at += by;
         let ev = AuditEvent::new(Kind::PortalExtended)
             .message(e.msg)

@@ -363,6 +363,25 @@ fn csrf_refused(st: &WebState) -> Response {
     )
 }
 
+/// A form posted before verification: the live entry and its fields, once the CSRF
+/// field (bound to the link) checks out.
+fn pre_form(
+    st: &WebState,
+    token: &str,
+    body: &Bytes,
+) -> Result<(Entry, HashMap<String, String>), Response> {
+    let e = entry(st, token)?;
+    let fields = form(st, body)?;
+    let csrf = fields.get("csrf").map(String::as_str).unwrap_or("");
+    if !st
+        .portal
+        .csrf_ok(&["pre", &e.id.to_string(), &e.token_hash], csrf)
+    {
+        return Err(csrf_refused(st));
+    }
+    Ok((e, fields))
+}
+
 async fn request_code(
     AxState(st): AxState<Arc<WebState>>,
     Extension(conn): Extension<Conn>,
@@ -370,21 +389,10 @@ async fn request_code(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let e = match entry(&st, &token) {
-        Ok(e) => e,
+    let (e, _) = match pre_form(&st, &token, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let fields = match form(&st, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let csrf = fields.get("csrf").map(String::as_str).unwrap_or("");
-    if !st
-        .portal
-        .csrf_ok(&["pre", &e.id.to_string(), &e.token_hash], csrf)
-    {
-        return csrf_refused(&st);
-    }
     match st
         .portal
         .request_code(&e.id, &client(&conn, &headers))
@@ -435,21 +443,10 @@ async fn verify(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let e = match entry(&st, &token) {
-        Ok(e) => e,
+    let (e, fields) = match pre_form(&st, &token, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let fields = match form(&st, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let csrf = fields.get("csrf").map(String::as_str).unwrap_or("");
-    if !st
-        .portal
-        .csrf_ok(&["pre", &e.id.to_string(), &e.token_hash], csrf)
-    {
-        return csrf_refused(&st);
-    }
     let code = fields.get("code").map(String::as_str).unwrap_or("");
     match st
         .portal

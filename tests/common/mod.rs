@@ -20,6 +20,7 @@ pub mod browser;
 pub mod canary;
 pub mod delivery;
 pub mod http;
+pub mod sink;
 
 #[allow(unused_imports)]
 pub use delivery::deliver;
