@@ -133,8 +133,14 @@ pub fn new_code(expires: u64) -> (String, PendingCode) {
     )
 }
 
+/// HMAC-SHA256 under `key`. HMAC takes keys of any length, so this cannot fail; the one
+/// `expect` here states that rather than threading an impossible error through callers.
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
 fn code_mac(salt: &[u8], code: &str) -> Vec<u8> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(salt).expect("HMAC takes any key length");
+    let mut m = keyed(salt);
     m.update(code.as_bytes());
     m.finalize().into_bytes().to_vec()
 }
@@ -148,14 +154,14 @@ pub fn code_matches(p: &PendingCode, given: &str) -> bool {
     if given.len() != 6 || !given.bytes().all(|b| b.is_ascii_digit()) {
         return false;
     }
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&salt).expect("HMAC takes any key length");
+    let mut m = keyed(&salt);
     m.update(given.as_bytes());
     m.verify_slice(&mac).is_ok()
 }
 
 /// A value bound to `parts` under the portal's secret (CSRF fields).
 pub fn bind(secret: &[u8], parts: &[&str]) -> String {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    let mut m = keyed(secret);
     for p in parts {
         m.update(p.as_bytes());
         m.update(b"\0");
@@ -168,7 +174,7 @@ pub fn bound(secret: &[u8], parts: &[&str], given: &str) -> bool {
     let Ok(given) = hex::decode(given) else {
         return false;
     };
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    let mut m = keyed(secret);
     for p in parts {
         m.update(p.as_bytes());
         m.update(b"\0");
