@@ -11,14 +11,11 @@
 #[allow(dead_code)]
 mod common;
 
-use base64::Engine;
 use clap::Parser;
-use common::epoch_secs;
-use http_body_util::{BodyExt, Full};
+use common::https::{self, HttpsClient};
+use common::{epoch_secs, micros_since, pct};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::{ClientConfig, RootCertStore};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,55 +58,6 @@ struct Args {
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The loadgen mix as JSON parts: ~30% prose text, ~40% random attachment (base64 in JSON).
-fn body_parts(a: &Args) -> (String, String) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    const WORDS: &[&str] = &[
-        "appointment",
-        "schedule",
-        "clinic",
-        "follow-up",
-        "review",
-        "the",
-        "and",
-        "results",
-        "please",
-        "call",
-        "office",
-        "next",
-        "week",
-        "report",
-        "attached",
-        "thank",
-        "you",
-        "for",
-        "your",
-        "visit",
-        "team",
-        "update",
-        "regards",
-        "reminder",
-    ];
-    let budget = a.size.saturating_sub(1100).max(300);
-    let mut text = String::new();
-    while text.len() < budget * 6 / 10 {
-        let start = text.len();
-        while text.len() - start < 64 {
-            text.push_str(WORDS[(next() % WORDS.len() as u64) as usize]);
-            text.push(' ');
-        }
-        text.push('\n');
-    }
-    let raw: Vec<u8> = (0..budget * 4 / 10 * 3 / 4).map(|_| next() as u8).collect();
-    (text, base64::engine::general_purpose::STANDARD.encode(raw))
-}
-
 #[derive(Default)]
 struct Stats {
     accept_us: Vec<u32>,
@@ -126,11 +74,9 @@ impl Stats {
     }
 }
 
-type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-
 struct Ctx {
     args: Args,
-    client: Client<Https, Full<Bytes>>,
+    client: HttpsClient,
     uri: hyper::Uri,
     auth: String,
     text: String,
@@ -165,72 +111,28 @@ async fn worker(ctx: Arc<Ctx>) -> Stats {
             }
         };
         let t0 = Instant::now();
-        let res = tokio::time::timeout(STEP_TIMEOUT, async {
-            let resp = ctx
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, bytes))
-        })
-        .await;
-        match res {
-            Ok(Ok((202, _))) => st
-                .accept_us
-                .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+        match https::send(&ctx.client, req, STEP_TIMEOUT).await {
+            Ok((202, _, _)) => st.accept_us.push(micros_since(t0)),
             // Problem documents carry no content (phigate's contract), so printing is safe.
-            Ok(Ok((code, b))) => st.error(
+            Ok((code, _, b)) => st.error(
                 format!("http_{code}"),
                 format!("{code}: {}", String::from_utf8_lossy(&b)),
             ),
-            Ok(Err(e)) => st.error("transport".into(), e),
-            Err(_) => st.error("timeout".into(), "request exceeded 60 s".into()),
+            Err(e) if e.starts_with("timeout") => st.error("timeout".into(), e),
+            Err(e) => st.error("transport".into(), e),
         }
     }
     st
 }
 
-fn pct(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
-}
-
 async fn run(args: Args) -> Result<serde_json::Value, String> {
-    let mut roots = RootCertStore::empty();
-    for c in phigate::tls::server::load_certs(&args.ca_file).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    let tls =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.sessions)
-        .build(https);
+    let client = https::client(&args.ca_file, args.sessions)?;
     let port = args.target.rsplit(':').next().unwrap_or("443");
     let uri: hyper::Uri = format!("https://{}:{port}/v1/messages", args.sni)
         .parse()
         .map_err(|e| format!("uri: {e}"))?;
-    let key = std::fs::read_to_string(&args.key_file).map_err(|e| format!("key file: {e}"))?;
-    let auth = format!("Bearer {}", key.lines().next().unwrap_or("").trim());
-    let (text, attach) = body_parts(&args);
+    let auth = https::bearer(&args.key_file)?;
+    let (text, attach) = https::body_parts(args.size);
     let message_bytes = text.len() + attach.len();
     let ctx = Arc::new(Ctx {
         deadline: Instant::now() + Duration::from_secs(args.timeout),

@@ -15,7 +15,7 @@
 mod common;
 
 use clap::{Parser, ValueEnum};
-use common::{epoch_secs, read_line, Stream};
+use common::{epoch_secs, pct, read_line, Stream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -560,14 +560,6 @@ async fn worker(ctx: Arc<Ctx>, mut tpl: Template) -> WorkerStats {
         .await;
     }
     st
-}
-
-fn pct(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
 }
 
 /// `--idle-secs`: open the sessions, hold them, report how many stayed up.

@@ -1,5 +1,8 @@
-//! Pieces shared by the `loadgen` and `sink` examples: a stream that is either plain TCP or
-//! TLS (so one session loop serves both), and SMTP reply/command line reading.
+//! Pieces shared by the load-generator examples (`loadgen`, `sink`, `apiload`,
+//! `portalload`): a stream that is either plain TCP or TLS (so one session loop serves
+//! both), SMTP reply/command line reading, percentiles, and the HTTPS client in [`https`].
+
+pub mod https;
 
 use std::io;
 use std::pin::Pin;
@@ -86,4 +89,18 @@ pub fn epoch_secs() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// The `p` quantile (0..=1) of ascending microsecond samples, in milliseconds.
+pub fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Microseconds since `t0`, saturating (a latency sample).
+pub fn micros_since(t0: std::time::Instant) -> u32 {
+    t0.elapsed().as_micros().min(u32::MAX as u128) as u32
 }
