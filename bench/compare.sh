@@ -8,6 +8,7 @@
 #   sudo bench/compare.sh --phigate-only # phigate runs alone, with perf stat (for profiling work)
 #   ATTACH=pdf sudo bench/compare.sh     # the attachment is a real text PDF (DLP extracts it)
 #   sudo bench/compare.sh --api          # phigate: HTTPS API (examples/apiload) vs SMTP, alternating
+#   sudo bench/compare.sh --portal       # phigate: portal notices/s, pickup-page latency (examples/portalload)
 #
 # Everything is on 127.0.0.1. The load generator (examples/loadgen.rs) sends to
 #   phigate  implicit TLS 127.0.0.1:$PHIGATE_PORT   -> spool (AES-GCM, fsync) -> STARTTLS, verified -> sink
@@ -25,6 +26,12 @@ SINK_PORT=${SINK_PORT:-11026}
 POSTFIX_PORT=${POSTFIX_PORT:-11465}; POSTFIX_SUB_PORT=${POSTFIX_SUB_PORT:-11587}
 PHIGATE_PORT=${PHIGATE_PORT:-12465}; PHIGATE_SUB_PORT=${PHIGATE_SUB_PORT:-12587}
 API_PORT=${API_PORT:-12443}      # --api: phigate's [api] listen
+PORTAL_PORT=${PORTAL_PORT:-12444}         # --portal: phigate's [portal] listen
+PORTAL_MESSAGES=${PORTAL_MESSAGES:-1000}  # --portal: messages submitted with "portal": "always"
+PORTAL_SAMPLES=${PORTAL_SAMPLES:-200}     # --portal: links put through the whole pickup flow
+PORTAL_FLOWS=${PORTAL_FLOWS:-4}           # --portal: concurrent recipients (one keep-alive connection each)
+PORTAL_GETS=${PORTAL_GETS:-4}             # --portal: extra landing + view GETs per link
+PORTAL_SIZE=${PORTAL_SIZE:-4096}
 MESSAGES=${MESSAGES:-2000}       # per measured run
 SESSIONS=${SESSIONS:-50}
 ATTACH=${ATTACH:-random}          # loadgen --attachment: random bytes, or a real text PDF (DLP extracts it)
@@ -46,11 +53,12 @@ while [ $# -gt 0 ]; do
     --idle) MODE=idle ;;
     --phigate-only) MODE=phigate ;;
     --api) MODE=api ;;
+    --portal) MODE=portal ;;
     --messages) MESSAGES=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -192,6 +200,19 @@ start_phigate() { # [max_connections]
   local maxc=${1:-2000} policy=""
   rm -rf "$PG"; mkdir -p "$PG/data"
   [ "$DLP" = 1 ] && policy="file = \"$REPO/conf/policy.toml\""
+  # --portal: sandbox delivery, so notices and code mails land in data_dir/sandbox.
+  local delivery="mode = \"smarthost\"
+tls_level = \"verify\"
+# Postfix's default_destination_concurrency_limit is 20; phigate's default (4) would make
+# the single smarthost destination the bottleneck of this comparison.
+per_destination_connections = 20
+
+[delivery.smarthost]
+host = \"$BIND\"
+port = $SINK_PORT
+tls = \"starttls\"
+ca_file = \"$PKI/ca.pem\""
+  [ "$MODE" = portal ] && delivery='mode = "sandbox"'
   cat > "$PG/phigate.toml" <<EOF
 # phigate bench/compare.sh configuration (generated)
 [server]
@@ -222,17 +243,7 @@ key = "$PKI/relay.key"
 allow_networks = ["127.0.0.0/8"]
 
 [delivery]
-mode = "smarthost"
-tls_level = "verify"
-# Postfix's default_destination_concurrency_limit is 20; phigate's default (4) would make
-# the single smarthost destination the bottleneck of this comparison.
-per_destination_connections = 20
-
-[delivery.smarthost]
-host = "$BIND"
-port = $SINK_PORT
-tls = "starttls"
-ca_file = "$PKI/ca.pem"
+$delivery
 
 [policy]
 $policy
@@ -247,6 +258,25 @@ EOF
   # --api: the HTTPS API on the same pipeline, same certificate as the SMTP listeners.
   if [ "$MODE" = api ]; then printf '\n[api]\nlisten = "%s:%s"\ncert = "%s"\nkey = "%s"\n' \
     "$BIND" "$API_PORT" "$PKI/relay-chain.pem" "$PKI/relay.key" >> "$PG/phigate.toml"; fi
+  # --portal: the API with a sandbox key, and the portal on loopback (rate limit raised:
+  # every benchmark recipient comes from 127.0.0.1).
+  if [ "$MODE" = portal ]; then cat >> "$PG/phigate.toml" <<EOF
+
+[api]
+listen = "$BIND:$API_PORT"
+cert = "$PKI/relay-chain.pem"
+key = "$PKI/relay.key"
+sandbox_key_file = "$PG/data/sandbox-api-key"
+
+[portal]
+listen = "$BIND:$PORTAL_PORT"
+public_url = "https://$BIND:$PORTAL_PORT"
+cert = "$PKI/relay-chain.pem"
+key = "$PKI/relay.key"
+organization = "Bench Clinic"
+requests_per_minute = 1000000
+EOF
+  fi
   (ulimit -n "$(ulimit -Hn)"; exec ${PHIGATE_WRAP:-} "$PHIGATE" serve --log-level "$PHIGATE_LOG" --config "$PG/phigate.toml") \
     >"$PG/stdout.log" 2>"$PG/phigate.log" &
   PHIGATE_PID=$!; STARTED="$STARTED $PHIGATE_PID"
@@ -290,7 +320,7 @@ build
 [ -x "$EX/loadgen" ] && [ -x "$EX/sink" ] && [ -x "$PHIGATE" ] || die "build the release binaries first"
 mkdir -p "$WORKDIR"; ensure_pki
 rm -rf "$RUN" "$RES"; mkdir -p "$RUN" "$RES"
-require_free "$SINK_PORT" "$POSTFIX_PORT" "$POSTFIX_SUB_PORT" "$PHIGATE_PORT" "$PHIGATE_SUB_PORT" "$API_PORT"
+require_free "$SINK_PORT" "$POSTFIX_PORT" "$POSTFIX_SUB_PORT" "$PHIGATE_PORT" "$PHIGATE_SUB_PORT" "$API_PORT" "$PORTAL_PORT"
 FAILS=0
 start_sink
 
@@ -376,6 +406,60 @@ for lab in ("api", "smtp"):
     print(f"{lab}: e2e_msgs_per_s={med(lab, 'e2e_msgs_per_s'):.1f} accept_ms_p99={med(lab, 'accept_ms_p99'):.1f} "
           f"cpu_ms_per_msg={med(lab, 'cpu_s_per_1000'):.2f}")
 print(f"api_vs_smtp_ratio={a / s if s else float('nan'):.2f}")
+PYEOF
+  ;;
+portal)
+  # Secure portal: API submissions with "portal": "always" -> notices in data_dir/sandbox,
+  # then recipients through landing -> code -> code mail -> verify -> view (examples/portalload).
+  [ -x "$EX/portalload" ] || die "build examples/portalload first"
+  start_phigate; wait_port "$API_PORT"; wait_port "$PORTAL_PORT"
+  for _ in $(seq 1 50); do [ -s "$PG/data/sandbox-api-key" ] && break; sleep 0.1; done
+  env_info
+  echo "portal: messages=$PORTAL_MESSAGES api_sessions=$SESSIONS samples=$PORTAL_SAMPLES flows=$PORTAL_FLOWS gets=$PORTAL_GETS size=$PORTAL_SIZE" \
+    | tee -a "$RES/environment.txt" >&2
+  portalcmd() { # run messages samples
+    PORTALCMD=("$EX/portalload" --api "$BIND:$API_PORT" --sni "$BIND" --ca-file "$PKI/ca.pem"
+               --key-file "$PG/data/sandbox-api-key" --sandbox-dir "$PG/data/sandbox"
+               --messages "$2" --sessions "$SESSIONS" --samples "$3" --flows "$PORTAL_FLOWS"
+               --gets "$PORTAL_GETS" --size "$PORTAL_SIZE" --run "$1" --timeout 280)
+  }
+  cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }  # utime + stime
+  log "warm-up ($WARMUP messages, 20 pickups)"
+  portalcmd warmup-portal "$WARMUP" 20; "${PORTALCMD[@]}" > "$RES/portal-warmup.json" || true
+  for i in $(seq 1 "$REPEAT"); do
+    log "portal#$i: $PORTAL_MESSAGES messages, $PORTAL_SAMPLES pickups ($PORTAL_FLOWS concurrent)"
+    c0=$(cpu_ticks "$PHIGATE_PID")
+    portalcmd "portal#$i" "$PORTAL_MESSAGES" "$PORTAL_SAMPLES"
+    if "${PORTALCMD[@]}" > "$RES/portal-$i.json"; then
+      "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); r["cpu_s"]=(int(sys.argv[3])-int(sys.argv[2]))/100; print(json.dumps(r))' \
+        "$RES/portal-$i.json" "$c0" "$(cpu_ticks "$PHIGATE_PID")" >> "$RES/results.jsonl"
+    else FAILS=$((FAILS + 1)); fi
+  done
+  echo
+  "$PY" - "$RES/results.jsonl" <<'PYEOF' | tee "$RES/report.txt"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+cols = ["accepted", "errors", "submit_msgs_per_s", "notices_per_s", "picked_up", "landing_ms.p50",
+        "landing_ms.p99", "code_mail_ms.p50", "verify_ms.p50", "view_ms.p50", "view_ms.p99",
+        "flow_ms.p50", "flow_ms.p99", "cpu_ms_per_notice"]
+def val(r, k):
+    if k == "cpu_ms_per_notice":  # phigate CPU over the whole run (pickups included) per message
+        return round(1000 * r["cpu_s"] / max(r["accepted"], 1), 2)
+    v = r
+    for p in k.split("."):
+        v = v[p]
+    return round(v, 2) if isinstance(v, float) else v
+print("| name | " + " | ".join(cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+for r in rows:
+    print(f"| {r['run']} | " + " | ".join(str(val(r, c)) for c in cols) + " |")
+    if r.get("first_error"):
+        print(f"  first error: {r['first_error']}", file=sys.stderr)
+med = lambda k: statistics.median([val(r, k) for r in rows] or [0])
+print(f"portal_notices_per_sec={med('notices_per_s'):.1f} portal_landing_p50_ms={med('landing_ms.p50'):.2f} "
+      f"portal_landing_p99_ms={med('landing_ms.p99'):.2f} portal_view_p50_ms={med('view_ms.p50'):.2f} "
+      f"portal_view_p99_ms={med('view_ms.p99'):.2f} portal_flow_p50_ms={med('flow_ms.p50'):.1f} "
+      f"portal_flow_p99_ms={med('flow_ms.p99'):.1f}")
 PYEOF
   ;;
 compare)
