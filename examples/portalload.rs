@@ -137,8 +137,7 @@ fn watch(
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for ent in rd.flatten() {
                 let name = ent.file_name();
-                if !Path::new(&name).extension().is_some_and(|e| e == "eml") || seen.contains(&name)
-                {
+                if Path::new(&name).extension().is_none_or(|e| e != "eml") || seen.contains(&name) {
                     continue;
                 }
                 seen.insert(name);
