@@ -11,12 +11,14 @@ use tokio::sync::{Semaphore, TryAcquireError};
 
 use super::client::{self, ClientError, PlainClient, TlsClient};
 use super::level::Requirement;
-use super::mx::Plan;
+use super::mx::{Plan, Refused};
+use super::observe::{TlsAttempt, TlsPolicy, REPORT_LISTENER};
 use super::pool::{Lease, Permits, PoolKey};
 use super::route::NextHop;
 use super::transport::same_for_all;
 use super::{Deliverer, Job};
 use crate::config::DeliveryMode;
+use crate::tls::rpt::ResultType;
 use crate::types::{AttemptResult, HopInfo, RcptOutcome, Reply};
 
 /// A connection to use for one transaction: a kept session or permits to dial a new one.
@@ -29,6 +31,32 @@ enum Checkout {
 pub(super) struct Opened {
     pub(super) client: TlsClient,
     sts_note: Option<String>,
+    /// Our end of the connection (TLS-RPT `sending-mta-ip`).
+    local_ip: Option<std::net::IpAddr>,
+}
+
+/// Why `open` failed.
+pub(super) struct OpenFailure {
+    pub(super) reason: String,
+    /// A TLS (not connectivity) failure: deferred with 4.7.x.
+    tls: bool,
+    /// Verification failure: what REQUIRETLS turns permanent.
+    unverified: bool,
+    /// What TLS-RPT reports; None for failures before TLS (TCP, greeting, EHLO).
+    report: Option<ResultType>,
+    local_ip: Option<std::net::IpAddr>,
+}
+
+impl OpenFailure {
+    fn new(reason: String, tls: bool, unverified: bool) -> Self {
+        OpenFailure {
+            reason,
+            tls,
+            unverified,
+            report: None,
+            local_ip: None,
+        }
+    }
 }
 
 /// A failed try at one host/IP, kept for the deferral reason.
@@ -45,10 +73,29 @@ impl Deliverer {
         &self,
         job: Job<'_>,
         destination: &str,
-        planned: &[(NextHop, Result<Plan, String>)],
+        planned: &[(NextHop, Result<Plan, Refused>)],
         sts_outcome: &str,
         implicit: bool,
+        report_domain: Option<&str>,
     ) -> Vec<RcptOutcome> {
+        // TLS-RPT sees the recipient domain's own MX sessions, never report deliveries.
+        let report_domain = report_domain.filter(|_| job.env.listener != REPORT_LISTENER);
+        let observe = |policy: &TlsPolicy,
+                       hop: &NextHop,
+                       ip: Option<std::net::IpAddr>,
+                       local: Option<std::net::IpAddr>,
+                       failure: Option<ResultType>| {
+            if let (Some(domain), Some(observer)) = (report_domain, &self.observer) {
+                observer.observe(&TlsAttempt {
+                    domain,
+                    policy,
+                    mx_host: &hop.name,
+                    receiving_ip: ip,
+                    sending_ip: local,
+                    failure,
+                });
+            }
+        };
         let dest_sem = self.destination_permit(destination);
         let mut failures: Vec<Failure> = Vec::new();
         for (hop, plan) in planned {
@@ -59,10 +106,12 @@ impl Deliverer {
             };
             let plan = match plan {
                 Ok(p) => p,
-                Err(reason) => {
+                Err(refused) => {
+                    let result = refused.refusal.result_type();
+                    observe(&refused.policy, hop, None, None, Some(result));
                     failures.push(Failure {
                         hop: base,
-                        reason: reason.clone(),
+                        reason: refused.to_string(),
                         tls: true,
                         unverified: true,
                     });
@@ -114,23 +163,29 @@ impl Deliverer {
                     }
                     Checkout::Fresh(permits) => {
                         match self.open(addr, hop, plan, implicit, &mut info).await {
-                            Ok(opened) => (
-                                Lease {
-                                    client: opened.client,
-                                    _permits: permits,
-                                    requirement: plan.requirement.clone(),
-                                    method: info.method.clone(),
-                                    sts_note: opened.sts_note,
-                                    uses: 0,
-                                },
-                                false,
-                            ),
-                            Err((reason, tls, unverified)) => {
+                            Ok(opened) => {
+                                observe(&plan.policy, hop, Some(ip), opened.local_ip, None);
+                                (
+                                    Lease {
+                                        client: opened.client,
+                                        _permits: permits,
+                                        requirement: plan.requirement.clone(),
+                                        method: info.method.clone(),
+                                        sts_note: opened.sts_note,
+                                        uses: 0,
+                                    },
+                                    false,
+                                )
+                            }
+                            Err(f) => {
+                                if f.report.is_some() {
+                                    observe(&plan.policy, hop, Some(ip), f.local_ip, f.report);
+                                }
                                 failures.push(Failure {
                                     hop: info,
-                                    reason,
-                                    tls,
-                                    unverified,
+                                    reason: f.reason,
+                                    tls: f.tls,
+                                    unverified: f.unverified,
                                 });
                                 continue;
                             }
@@ -255,7 +310,7 @@ impl Deliverer {
         job.all(result, hop)
     }
 
-    /// Connects and establishes TLS as `plan` requires. Errors: (reason, tls?, unverified?).
+    /// Connects and establishes TLS as `plan` requires.
     pub(super) async fn open(
         &self,
         addr: SocketAddr,
@@ -263,18 +318,19 @@ impl Deliverer {
         plan: &Plan,
         implicit: bool,
         info: &mut HopInfo,
-    ) -> Result<Opened, (String, bool, bool)> {
+    ) -> Result<Opened, OpenFailure> {
         let timeout = self.cfg.command_timeout.duration();
         let tcp = client::connect(addr, self.cfg.connect_timeout.duration())
             .await
-            .map_err(|e| (e.to_string(), false, false))?;
+            .map_err(|e| OpenFailure::new(e.to_string(), false, false))?;
+        let local_ip = tcp.local_addr().ok().map(|a| a.ip());
         let sni = ServerName::try_from(hop.name.clone())
-            .map_err(|e| (format!("bad host name: {e}"), true, true))?;
+            .map_err(|e| OpenFailure::new(format!("bad host name: {e}"), true, true))?;
         let smarthost = implicit || self.cfg.mode == DeliveryMode::Smarthost;
         let built = self
             .verifiers
             .for_requirement(&plan.requirement, &hop.name, smarthost)
-            .map_err(|e| (e, true, true))?;
+            .map_err(|e| OpenFailure::new(e, true, true))?;
         let result = if implicit {
             client::implicit_tls(tcp, built.config.clone(), sni, &self.helo, timeout).await
         } else {
@@ -297,11 +353,12 @@ impl Deliverer {
                 Ok(Opened {
                     client: session,
                     sts_note,
+                    local_ip,
                 })
             }
             Err(e) => {
                 let tls = e.is_tls();
-                let unverified = matches!(e, ClientError::Handshake(_))
+                let unverified = matches!(e, ClientError::Handshake(..))
                     && plan.requirement.is_verified()
                     || matches!(
                         e,
@@ -309,7 +366,21 @@ impl Deliverer {
                             | ClientError::StarttlsRefused(_)
                             | ClientError::Injection
                     );
-                Err((e.to_string(), tls, unverified))
+                let report = match &e {
+                    ClientError::StarttlsNotOffered | ClientError::StarttlsRefused(_) => {
+                        Some(ResultType::StarttlsNotSupported)
+                    }
+                    ClientError::Handshake(_, kind) => Some(*kind),
+                    ClientError::Injection => Some(ResultType::ValidationFailure),
+                    _ => None,
+                };
+                Err(OpenFailure {
+                    reason: e.to_string(),
+                    tls,
+                    unverified,
+                    report,
+                    local_ip,
+                })
             }
         }
     }

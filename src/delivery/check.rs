@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::level::{Requirement, StsState};
 use super::route;
 use super::Deliverer;
+use crate::tls::rpt;
 use crate::types::HopInfo;
 
 /// Result of `tls_check` for one MX host.
@@ -54,11 +55,8 @@ impl Deliverer {
             level: format!("{level:?}"),
             ..TlsCheckReport::default()
         };
-        if let Ok(a) = self.resolver.txt(&format!("_smtp._tls.{domain}")).await {
-            report.tls_rpt = a
-                .records
-                .into_iter()
-                .find(|r| r.trim_start().starts_with("v=TLSRPTv1"));
+        if let Ok(a) = self.resolver.txt(&rpt::record_name(&domain)).await {
+            report.tls_rpt = rpt::find_record(&a.records).map(str::to_string);
         }
         let route = match route::resolve(self.resolver.as_ref(), &domain, self.cfg.mx_port).await {
             Ok(r) => r,
@@ -145,7 +143,7 @@ impl Deliverer {
                             check.hop = Some(info);
                             break;
                         }
-                        Err((reason, _, _)) => check.connect = reason,
+                        Err(f) => check.connect = f.reason,
                     }
                 }
             }

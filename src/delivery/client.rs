@@ -21,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::notice::Notice;
+use crate::tls::rpt::{classify_handshake, ResultType};
 use crate::types::{BodyType, DsnRet, Envelope, Reply};
 
 /// Longest reply we accept (RFC 5321 allows 512 octets per line; multi-line EHLO is longer).
@@ -44,8 +45,9 @@ pub enum ClientError {
     StarttlsRefused(Reply),
     #[error("data sent after the STARTTLS reply (response injection)")]
     Injection,
+    /// With the RFC 8460 result type the failure reports as.
     #[error("TLS handshake failed: {0}")]
-    Handshake(String),
+    Handshake(String, crate::tls::rpt::ResultType),
     #[error("AUTH failed: {0}")]
     Auth(Reply),
     #[error("AUTH PLAIN not offered")]
@@ -60,7 +62,7 @@ impl ClientError {
             ClientError::StarttlsNotOffered
                 | ClientError::StarttlsRefused(_)
                 | ClientError::Injection
-                | ClientError::Handshake(_)
+                | ClientError::Handshake(..)
         )
     }
 }
@@ -498,7 +500,13 @@ async fn handshake(
     let tls = tokio::time::timeout(timeout, connector.connect(sni, stream))
         .await
         .map_err(|_| ClientError::Timeout("in the TLS handshake"))?
-        .map_err(|e| ClientError::Handshake(e.to_string()))?;
+        .map_err(|e| {
+            let kind = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map_or(ResultType::ValidationFailure, classify_handshake);
+            ClientError::Handshake(e.to_string(), kind)
+        })?;
     let facts = tls_facts(&tls);
     let mut conn = Conn {
         stream: tls,

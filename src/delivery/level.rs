@@ -6,6 +6,7 @@
 
 use crate::tls::dane::Tlsa;
 use crate::tls::mta_sts::{Mode, Policy};
+use crate::tls::rpt::ResultType;
 
 use crate::types::TlsLevel;
 
@@ -69,6 +70,17 @@ impl Refusal {
             Refusal::DaneRequired => "dane-only: no DNSSEC-secure usable TLSA records",
             Refusal::StsTempFail => "MTA-STS policy lookup failed and no cached policy",
             Refusal::StsMxMismatch => "MX host is not listed in the MTA-STS enforce policy",
+        }
+    }
+
+    /// How TLS-RPT reports the refusal (RFC 8460 §4.3.2).
+    pub fn result_type(&self) -> ResultType {
+        match self {
+            Refusal::DaneBogus => ResultType::DnssecInvalid,
+            Refusal::DaneRequired => ResultType::DaneRequired,
+            Refusal::StsTempFail => ResultType::StsPolicyFetchError,
+            // RFC 8460 has no type of its own for an MX outside the policy.
+            Refusal::StsMxMismatch => ResultType::ValidationFailure,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod level;
 mod mx;
 mod notice;
+pub mod observe;
 mod pool;
 pub mod route;
 pub mod sts;
@@ -85,6 +86,8 @@ pub struct Deliverer {
     pool: Pool,
     /// Portal notices may go without TLS when the next hop offers none.
     notice_plaintext: bool,
+    /// Told the TLS result of every new MX connection (TLS-RPT).
+    observer: Option<Arc<dyn observe::TlsObserver>>,
 }
 
 impl Deliverer {
@@ -163,6 +166,7 @@ impl Deliverer {
             per_destination: Mutex::new(HashMap::new()),
             pool: Pool::new(pool::IDLE_TIMEOUT, pool::MAX_USES),
             notice_plaintext: false,
+            observer: None,
         })
     }
 
@@ -201,6 +205,23 @@ impl Deliverer {
     pub fn with_sts_cache(mut self, cache: Arc<dyn StsCache>) -> Self {
         self.sts_cache = cache;
         self
+    }
+
+    /// Reports each MX connection's TLS result to `observer` (TLS-RPT aggregation).
+    pub fn with_tls_observer(mut self, observer: Arc<dyn observe::TlsObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The resolver delivery uses (TLS-RPT looks its records up with the same DNS).
+    pub fn resolver(&self) -> Arc<dyn Resolver> {
+        self.resolver.clone()
+    }
+
+    /// The WebPKI client configuration (with `extra_ca_file`) MTA-STS fetches use; also
+    /// right for posting TLS-RPT reports.
+    pub fn https_tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.verifiers.sts_config()
     }
 
     /// The MTA-STS policy cache (for `phigate sts show|refresh|purge`).
@@ -302,6 +323,7 @@ impl Deliverer {
         let plan = Plan {
             requirement: Requirement::Pkix,
             dane: "not applicable (smarthost)".into(),
+            policy: observe::TlsPolicy::none(),
         };
         let implicit = sh.tls == OutboundTls::Implicit;
         self.try_hops(
@@ -310,6 +332,7 @@ impl Deliverer {
             &[(hop, Ok(plan))],
             "not applicable (smarthost)",
             implicit,
+            None,
         )
         .await
     }

@@ -3,16 +3,78 @@
 
 use std::net::IpAddr;
 
-use super::level::{self, DaneState, Requirement, StsState};
+use super::level::{self, DaneState, Refusal, Requirement, StsState};
+use super::observe::TlsPolicy;
 use super::route::{self, NextHop, RouteError};
 use super::{Deliverer, Job};
 use crate::dns::{DnsError, DnssecStatus};
+use crate::tls::mta_sts::Mode;
+use crate::tls::rpt::PolicyType;
 use crate::types::{AttemptResult, RcptOutcome, Reply, TlsLevel};
 
 /// The requirement for one host plus what to record about it.
 pub(super) struct Plan {
     pub(super) requirement: Requirement,
     pub(super) dane: String,
+    /// The policy TLS-RPT reports this host's sessions under.
+    pub(super) policy: TlsPolicy,
+}
+
+/// Why a host is not used, and under which policy that is reported.
+pub(super) struct Refused {
+    pub(super) refusal: Refusal,
+    pub(super) policy: TlsPolicy,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.refusal.reason())
+    }
+}
+
+/// The RFC 8460 policy for a host: DANE when its TLSA records count (or failed to
+/// validate), else the domain's MTA-STS policy, else none.
+fn report_policy(hop: &NextHop, dane: &DaneState, sts: &StsState) -> TlsPolicy {
+    let tlsa = |strings| TlsPolicy {
+        kind: PolicyType::Tlsa,
+        strings,
+        mx_host: vec![hop.name.clone()],
+    };
+    match (dane, sts) {
+        (DaneState::Usable(t), _) => tlsa(
+            t.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {}",
+                        r.usage,
+                        r.selector,
+                        r.matching,
+                        hex::encode(&r.data)
+                    )
+                })
+                .collect(),
+        ),
+        (DaneState::Bogus, _) => tlsa(Vec::new()),
+        (_, StsState::Policy(p)) if p.mode != Mode::None => {
+            let mut strings = vec![
+                "version: STSv1".to_string(),
+                format!("mode: {}", p.mode.as_str()),
+            ];
+            strings.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+            strings.push(format!("max_age: {}", p.max_age));
+            TlsPolicy {
+                kind: PolicyType::Sts,
+                strings,
+                mx_host: p.mx.clone(),
+            }
+        }
+        (_, StsState::TempFail) => TlsPolicy {
+            kind: PolicyType::Sts,
+            strings: Vec::new(),
+            mx_host: Vec::new(),
+        },
+        _ => TlsPolicy::none(),
+    }
 }
 
 impl Deliverer {
@@ -24,6 +86,7 @@ impl Deliverer {
             .get(domain)
             .and_then(|o| o.route.as_deref())
             .and_then(|r| route::parse_route(r, self.cfg.mx_port));
+        let routed = override_route.is_some();
         let (hops, sts_state, sts_outcome) = match override_route {
             Some(hop) => (
                 vec![hop],
@@ -91,7 +154,9 @@ impl Deliverer {
             let plan = self.plan_hop(&hop, level, &sts_state).await;
             planned.push((hop, plan));
         }
-        self.try_hops(job, domain, &planned, &sts_outcome, false)
+        // Only the domain's own MX hosts are reported to it, not a configured route.
+        let report = (!routed).then_some(domain);
+        self.try_hops(job, domain, &planned, &sts_outcome, false, report)
             .await
     }
 
@@ -101,8 +166,9 @@ impl Deliverer {
         hop: &NextHop,
         level: TlsLevel,
         sts: &StsState,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, Refused> {
         let dane = self.dane_state(hop).await;
+        let policy = report_policy(hop, &dane, sts);
         let dane_text = match &dane {
             DaneState::Usable(t) => format!(
                 "{} usable secure TLSA record(s)",
@@ -116,8 +182,9 @@ impl Deliverer {
             Ok(requirement) => Ok(Plan {
                 requirement,
                 dane: dane_text,
+                policy,
             }),
-            Err(r) => Err(r.reason().to_string()),
+            Err(refusal) => Err(Refused { refusal, policy }),
         }
     }
 

@@ -1,6 +1,6 @@
 //! TLS: the inbound server configuration (with reload) and, for delivery, the outbound
 //! certificate verifiers: DANE (RFC 7672), MTA-STS policy handling (RFC 8461), WebPKI and
-//! encrypt-only.
+//! encrypt-only, and the RFC 8460 TLS-RPT vocabulary (`rpt`).
 
 /// The handshake-signature half of a rustls `ServerCertVerifier` is the same for every
 /// certificate policy phigate has: check the signature with the crypto provider's
@@ -50,4 +50,5 @@ pub mod dane;
 pub mod https;
 pub mod mta_sts;
 pub mod peer_verify;
+pub mod rpt;
 pub mod server;
