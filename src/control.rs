@@ -146,6 +146,10 @@ pub enum Request {
     PortalResend {
         id: MessageId,
     },
+    /// `phigate tlsrpt show`: the TLS-RPT aggregates not sent yet.
+    TlsrptShow,
+    /// `phigate tlsrpt send-now`: send every aggregate, today's so far included.
+    TlsrptSendNow,
 }
 
 /// `api-key create`'s answer: the key, shown once, and what was stored.
@@ -310,6 +314,8 @@ enum ActionError {
 struct Control {
     services: Services,
     queue: Arc<Queue>,
+    /// None when TLS reporting is off.
+    tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
     cfg: Config,
     keys: Mutex<Vec<KeyInfo>>,
     started: Instant,
@@ -323,6 +329,7 @@ pub async fn start(
     cfg: &Config,
     services: Services,
     queue: Arc<Queue>,
+    tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
     keys: Vec<KeyInfo>,
     portal: Option<Arc<crate::portal::Portal>>,
     shutdown: CancellationToken,
@@ -334,6 +341,7 @@ pub async fn start(
     let ctl = Arc::new(Control {
         services,
         queue,
+        tlsrpt,
         cfg: cfg.clone(),
         keys: Mutex::new(keys),
         started: Instant::now(),
@@ -601,8 +609,27 @@ impl Control {
             | Request::QueueHold { .. }
             | Request::QuarantineSelect { .. }
             | Request::AuditIncident { .. }) => return self.breach(req, admin).await,
+            req @ (Request::TlsrptShow | Request::TlsrptSendNow) => {
+                return self.tlsrpt(req, admin).await
+            }
         };
         result.unwrap_or_else(|e| Response::err(e.to_string()))
+    }
+
+    async fn tlsrpt(&self, req: Request, admin: &str) -> Response {
+        let Some(t) = &self.tlsrpt else {
+            return Response::err(
+                "TLS reporting is off (needs delivery.mode = \"mx\" and tlsrpt.enabled)".into(),
+            );
+        };
+        let res = match req {
+            Request::TlsrptSendNow => {
+                info!(admin, "tlsrpt send-now");
+                t.send(true).await.map(|v| Response::ok(&v))
+            }
+            _ => t.show().map(|v| Response::ok(&v)),
+        };
+        res.unwrap_or_else(|e| Response::err(e.to_string()))
     }
 
     fn list(&self, state: Option<StateTag>) -> Result<Vec<QueueItem>, ActionError> {

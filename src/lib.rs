@@ -12,9 +12,10 @@
 //! - L2 `services` (the one handle on spool, audit, metrics, webhooks and clock), then
 //!   `delivery` (MX → MTA-STS → DANE → TLS client; the `Transport` the queue drives),
 //!   `portal` (its store and notifier; `portal::web` is L3) and `queue`
-//! - L3 `pipeline` (parse → DLP → policy → spool → queue → audit), the front ends
-//!   (`smtp::session`, `api`, `portal::web`), `listener`, `control` (the daemon side of
-//!   the control socket)
+//! - L3 `pipeline` (parse → DLP → policy → spool → queue → audit), `tlsrpt` (RFC 8460
+//!   reports: delivery's TLS results counted, sent by HTTPS or through the queue), the
+//!   front ends (`smtp::session`, `api`, `portal::web`), `listener`, `control` (the
+//!   daemon side of the control socket)
 //! - L4 `server` (builds the services once, wires everything, signals, systemd notify)
 //! - L5 `cli`
 
@@ -49,5 +50,6 @@ pub mod smtp;
 pub mod spool;
 pub mod templates;
 pub mod tls;
+pub mod tlsrpt;
 pub mod types;
 pub mod webhook;

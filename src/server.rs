@@ -136,17 +136,28 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let spool = Arc::new(Spool::open(&cfg.server.data_dir.join("spool"), keyring)?);
     let pending = spool.recover(crate::types::now_secs()).await?;
     info!(pending = pending.len(), "spool open");
+    // TLS-RPT counts only what MX delivery sees; its sender is built once the queue is.
+    let tlsrpt_agg = (cfg.delivery.mode == DeliveryMode::Mx
+        && cfg.tlsrpt.is_enabled(cfg.delivery.mode))
+    .then(|| crate::tlsrpt::Aggregator::new(spool.store().clone(), Arc::new(SystemClock)));
+    let mut deliverer = None;
     let transport: Arc<dyn Transport> = match cfg.delivery.mode {
         DeliveryMode::Sandbox => Arc::new(SandboxTransport::new(Sandbox::new(cfg.sandbox_dir()))),
-        DeliveryMode::Mx | DeliveryMode::Smarthost => Arc::new(
-            crate::delivery::Deliverer::new(&cfg.delivery)
+        DeliveryMode::Mx | DeliveryMode::Smarthost => {
+            let mut d = crate::delivery::Deliverer::new(&cfg.delivery)
                 .await?
                 .with_helo_name(&cfg.server.hostname)
                 .with_sts_cache(Arc::new(crate::delivery::sts_store::SpoolStsCache::new(
                     spool.clone(),
                 )))
-                .with_notice_plaintext(cfg.portal.as_ref().is_some_and(|p| p.notify_without_tls)),
-        ),
+                .with_notice_plaintext(cfg.portal.as_ref().is_some_and(|p| p.notify_without_tls));
+            if let Some(agg) = &tlsrpt_agg {
+                d = d.with_tls_observer(agg.clone());
+            }
+            let d = Arc::new(d);
+            deliverer = Some(d.clone());
+            d
+        }
     };
     // Sandbox API keys never reach a real MX, whatever the mode.
     let transport: Arc<dyn Transport> = match cfg.delivery.mode {
@@ -241,10 +252,28 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         queue_stop.clone(),
     ));
     let queue_task = tokio::spawn(queue.clone().run(queue_stop.clone()));
+    let tlsrpt = match (tlsrpt_agg, &deliverer) {
+        (Some(agg), Some(d)) => {
+            let t = crate::tlsrpt::TlsRpt::new(
+                agg,
+                cfg.tlsrpt.settings(&cfg.server.hostname),
+                &cfg.server.hostname,
+                d.resolver(),
+                d.https_tls_config(),
+                services.clone(),
+                queue.clone(),
+            );
+            tokio::spawn(t.clone().run(queue_stop.clone()));
+            info!("TLS reporting enabled");
+            Some(t)
+        }
+        _ => None,
+    };
     let _control = crate::control::start(
         &cfg,
         services.clone(),
         queue.clone(),
+        tlsrpt,
         key_list,
         portal.clone(),
         shutdown.clone(),

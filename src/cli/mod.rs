@@ -13,6 +13,7 @@ mod quarantine;
 mod queue;
 mod sts;
 mod tls;
+mod tlsrpt;
 mod user;
 
 use crate::config::{self, Config};
@@ -127,6 +128,11 @@ pub enum Command {
     Sts {
         #[command(subcommand)]
         action: sts::StsAction,
+    },
+    /// SMTP TLS reports (RFC 8460) to recipient domains.
+    Tlsrpt {
+        #[command(subcommand)]
+        action: tlsrpt::TlsRptAction,
     },
 }
 
@@ -261,6 +267,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status { json } => control_client::status(&cli.config, *json),
         Command::Tls { action } => tls::run(&cli.config, action),
         Command::Sts { action } => sts::run(&cli.config, action),
+        Command::Tlsrpt { action } => tlsrpt::run(&cli.config, action),
         Command::Audit { action } => audit::run(&cli.config, action),
         Command::Freeze { action } => freeze::run_freeze(&cli.config, action),
         Command::ApiKey { action } => api_key::run(&cli.config, action),

@@ -92,6 +92,9 @@ pub struct Config {
     /// DKIM signing keys (`[[dkim]]`), one per signing domain and selector.
     #[serde(default, rename = "dkim")]
     pub dkim: Vec<DkimConfig>,
+    /// `[tlsrpt]`: RFC 8460 TLS reports to recipient domains.
+    #[serde(default)]
+    pub tlsrpt: TlsRptConfig,
     /// The file this came from, for error messages and relative reloads.
     #[serde(skip)]
     pub source: String,
@@ -531,10 +534,12 @@ mod api;
 mod breach;
 mod defaults;
 mod portal;
+mod tlsrpt;
 mod values;
 
 pub use api::{ApiConfig, MAX_BATCH_LIMIT};
 pub use portal::{OnTlsFailure, PortalConfig};
+pub use tlsrpt::{TlsRptConfig, TlsRptSettings};
 
 /// One `[[dkim]]` signing key.
 #[derive(Debug, Clone, Deserialize)]
@@ -680,6 +685,9 @@ impl Config {
                 "delivery.on_tls_failure",
                 "\"portal\" needs a [portal] section",
             ));
+        }
+        if let Err((key, message)) = self.tlsrpt.check() {
+            return Err(self.invalid(key, message));
         }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
