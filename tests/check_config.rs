@@ -148,6 +148,25 @@ fn each_mistake_is_named_with_file_and_key() {
         "server.max_line_length",
         "1000",
     );
+
+    let text = format!("{good}\n[tlsrpt]\nsend_hour = 24\n");
+    assert_refused(
+        dir,
+        "tlsrpt-hour.toml",
+        &text,
+        "tlsrpt.send_hour",
+        "0 to 23",
+    );
+    let text = format!("{good}\n[tlsrpt]\nfrom = \"not an address\"\n");
+    assert_refused(
+        dir,
+        "tlsrpt-from.toml",
+        &text,
+        "tlsrpt.from",
+        "plain address",
+    );
+    let text = format!("{good}\n[tlsrpt]\nsend_hours = 2\n");
+    assert_refused(dir, "tlsrpt-unknown.toml", &text, "tlsrpt", "send_hours");
 }
 
 /// `[dlp.limits]` in the policy file is validated: the error names the policy file,

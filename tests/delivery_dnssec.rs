@@ -348,3 +348,395 @@ fn dkim_records_in_the_signed_zone() {
     assert_eq!(v[0]["ok"], true, "{v}");
     assert_eq!(v[0]["d"], "lab.test");
 }
+
+/// A child process killed with the test.
+struct Peer(Child);
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a Python peer whose stdout goes to `log`; waits for its "ready" line.
+fn python_peer(script: &str, args: &[String], log: &Path) -> Peer {
+    let child = Command::new(common::PYTHON)
+        .arg(common::peers_dir().join(script))
+        .args(args)
+        .stdout(std::fs::File::create(log).expect("peer log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {script}: {e}"));
+    let peer = Peer(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log).is_ok_and(|s| s.contains("ready")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{script} {args:?} did not start (hang guard)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    peer
+}
+
+/// A hostile MX: answers EHLO without STARTTLS and nothing else.
+fn no_starttls_mx(addr: SocketAddr) {
+    let listener = std::net::TcpListener::bind(addr).expect("bind no-STARTTLS MX");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let _ = conn.write_all(b"220 nostls ESMTP\r\n");
+                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let cmd = line.to_ascii_uppercase();
+                    let answer: &[u8] = if cmd.starts_with("EHLO") {
+                        b"250-nostls\r\n250 8BITMIME\r\n"
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = conn.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"502 5.5.1 no\r\n"
+                    };
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// Files named `N.<ext>` in `dir`, by N.
+fn numbered(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
+                .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+fn wait_files(dir: &Path, ext: &str, n: usize) -> Vec<std::path::PathBuf> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = numbered(dir, ext);
+        if files.len() >= n {
+            return files;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} .{ext} file(s) in {} (hang guard), have {}",
+            dir.display(),
+            files.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A CA and a certificate for `name` (the HTTPS report receiver): (ca, cert, key) paths.
+fn report_pki(
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = p.self_signed(&ca_key).expect("ca");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    let w = |file: &str, text: String| {
+        let path = dir.join(file);
+        std::fs::write(&path, text).expect("write pki");
+        path
+    };
+    (
+        w("report-ca.pem", ca.pem()),
+        w("reports.pem", leaf.pem()),
+        w("reports.key", leaf_key.serialize_pem()),
+    )
+}
+
+/// RFC 8460 end to end: `rpt.lab.test` (in the signed zone, with a `_smtp._tls` record
+/// naming an HTTPS receiver and a mailbox) has three MX hosts on loopback: one without
+/// STARTTLS, one whose certificate matches none of its DNSSEC-signed TLSA records, and a
+/// good one. One message makes one session of each kind; the counts survive a restart;
+/// `tlsrpt send-now` posts the gzipped JSON report to a real HTTPS server and mails it
+/// (DKIM-signed) through the queue to a real receiving MTA. Both copies are gunzipped and
+/// checked against an RFC 8460 schema by Python, hold the right counts and types and no
+/// trace of the recipient, and the report mail's own delivery is never counted.
+#[test]
+fn tlsrpt_reports_by_https_and_mail() {
+    use common::{Gateway, GwOpts};
+    if !common::require_tool(common::PYTHON) {
+        return;
+    }
+    let modules = Command::new(common::PYTHON)
+        .args(["-c", "import aiosmtpd, jsonschema, dkim"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !modules && !common::require_tool("python3-aiosmtpd+jsonschema+dkim") {
+        return;
+    }
+    const CANARY: &str = "ZQXcanary4417";
+    let dir = tempfile::tempdir().expect("tmp");
+    let mx_port = common::free_port();
+    let https_port = common::free_port();
+    let (ca, rcert, rkey) = report_pki(dir.path(), "reports.lab.test");
+    let dkim_key = dir.path().join("r1.key");
+    let mut opts = GwOpts::spool();
+    opts.delivery = Some(format!(
+        "mode = \"mx\"\nmx_port = {mx_port}\ndns_servers = [\"DNSADDR\"]\n\
+         dnssec_trust_anchor = \"ANCHOR\"\nextra_ca_file = \"{}\"\nconnect_timeout = \"5s\"\n",
+        ca.display()
+    ));
+    opts.server_extra += &format!(
+        "\n[[dkim]]\ndomain = \"lab.test\"\nselector = \"r1\"\nkey_file = \"{}\"\n\
+         \n[tlsrpt]\norganization_name = \"Phigate Test Clinic\"\n\
+         contact_info = \"mailto:postmaster@lab.test\"\nfrom = \"tlsrpt@lab.test\"\n",
+        dkim_key.display()
+    );
+    let mut gw = Gateway::configure(opts);
+    let record = gw.cli_ok(&[
+        "dkim",
+        "generate",
+        "lab.test",
+        "--selector",
+        "r1",
+        "--algorithm",
+        "ed25519",
+        "--key-file",
+        &dkim_key.display().to_string(),
+    ]);
+    let record = record.split_once(" IN TXT ").expect("record").1.trim();
+    let extra = format!(
+        "r1._domainkey IN TXT {record}\n\
+         rpt IN MX 10 nostls.rpt\nrpt IN MX 20 dane.rpt\nrpt IN MX 30 good.rpt\n\
+         nostls.rpt IN A 127.0.0.2\ndane.rpt IN A 127.0.0.3\ngood.rpt IN A 127.0.0.4\n\
+         _{mx_port}._tcp.dane.rpt IN TLSA 3 1 1 {TLSA_HEX}\n\
+         _smtp._tls.rpt IN TXT \"v=TLSRPTv1; rua=https://reports.lab.test:{https_port}/v1/tlsrpt,mailto:tlsrpt@sink.lab.test\"\n\
+         reports IN A 127.0.0.1\n\
+         sink IN MX 10 good.rpt\n_smtp._tls.sink IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@sink.lab.test\"\n"
+    );
+    let Some((_knot, addr, anchor)) = lab_with(dir.path(), &extra) else {
+        return;
+    };
+    let cfg = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        cfg.replace("DNSADDR", &addr.to_string())
+            .replace("ANCHOR", &anchor.display().to_string()),
+    )
+    .expect("config");
+
+    // The peers: three MX hosts on one port at three loopback addresses, and the HTTPS
+    // report receiver.
+    no_starttls_mx(SocketAddr::from(([127, 0, 0, 2], mx_port)));
+    let (cert, key) = (
+        gw.pki.cert.display().to_string(),
+        gw.pki.key.display().to_string(),
+    );
+    let (dane_box, inbox, posts) = (
+        dir.path().join("dane-box"),
+        dir.path().join("inbox"),
+        dir.path().join("posts"),
+    );
+    for d in [&dane_box, &inbox, &posts] {
+        std::fs::create_dir_all(d).expect("peer dir");
+    }
+    let sink = |host: &str, out: &Path, log: &str| {
+        python_peer(
+            "tls_sink.py",
+            &[
+                mx_port.to_string(),
+                cert.clone(),
+                key.clone(),
+                out.display().to_string(),
+                host.to_string(),
+            ],
+            &dir.path().join(log),
+        )
+    };
+    let _dane_mx = sink("127.0.0.3", &dane_box, "dane.log");
+    let _good_mx = sink("127.0.0.4", &inbox, "good.log");
+    let _https = python_peer(
+        "https_sink.py",
+        &[
+            "127.0.0.1".into(),
+            https_port.to_string(),
+            rcert.display().to_string(),
+            rkey.display().to_string(),
+            posts.display().to_string(),
+        ],
+        &dir.path().join("https.log"),
+    );
+    gw.launch();
+
+    // One message: the no-STARTTLS and DANE hosts fail, the good one takes it.
+    let send = format!(
+        "import smtplib, ssl\nctx = ssl.create_default_context()\nctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\ns = smtplib.SMTP_SSL('127.0.0.1', {}, context=ctx)\n\
+         s.sendmail('results@lab.test', ['pt-{CANARY}@rpt.lab.test'], \
+         b'From: <results@lab.test>\\r\\nTo: <pt-{CANARY}@rpt.lab.test>\\r\\n\
+         Subject: labs {CANARY}\\r\\n\\r\\nresult {CANARY}\\r\\n')\ns.quit()\n",
+        gw.port("smtps")
+    );
+    let out = Command::new(common::PYTHON)
+        .args(["-c", &send])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_files(&inbox, "eml", 1);
+    gw.wait_drained(Duration::from_secs(60));
+    assert!(
+        numbered(&dane_box, "eml").is_empty(),
+        "DANE mismatch got mail"
+    );
+
+    let domain_row = |rows: &serde_json::Value, d: &str| {
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["domain"] == d)
+            .cloned()
+    };
+    let shown = gw.cli_json(&["tlsrpt", "show"]);
+    let row = domain_row(&shown, "rpt.lab.test").expect("rpt.lab.test counted");
+    assert_eq!(
+        (row["successes"].clone(), row["failures"].clone()),
+        (1.into(), 2.into()),
+        "{shown}"
+    );
+    // The counts are in the store: a restart keeps them.
+    gw.stop();
+    gw.launch();
+    let again = gw.cli_json(&["tlsrpt", "show"]);
+    assert_eq!(again, shown, "aggregates after a restart");
+
+    let sent = gw.cli_json(&["tlsrpt", "send-now"]);
+    let row = domain_row(&sent, "rpt.lab.test").expect("sent row");
+    assert_eq!(row["outcome"], "sent", "{sent}");
+    assert_eq!(row["delivered"].as_array().map(Vec::len), Some(2), "{sent}");
+    let post = wait_files(&posts, "body", 1);
+    let mails = wait_files(&inbox, "eml", 2);
+    gw.wait_drained(Duration::from_secs(60));
+    let head: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(posts.join("1.json")).expect("head"))
+            .expect("head json");
+    assert_eq!(head["path"], "/v1/tlsrpt");
+    assert_eq!(
+        head["headers"]["content-type"], "application/tlsrpt+gzip",
+        "{head}"
+    );
+    let envelope: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(mails[1].with_extension("json")).expect("envelope"),
+    )
+    .expect("envelope json");
+    assert_eq!(envelope["to"], serde_json::json!(["tlsrpt@sink.lab.test"]));
+    assert_eq!(envelope["from"], "tlsrpt@lab.test");
+
+    let checked = common::run_python(
+        &common::peers_dir().join("tlsrpt_check.py"),
+        &serde_json::json!({
+            "schema": common::data_dir().join("tlsrpt/report.schema.json"),
+            "reports": [
+                {"kind": "https", "path": post[0]},
+                {"kind": "mail", "path": mails[1]},
+            ],
+        }),
+    );
+    for c in checked.as_array().expect("results") {
+        assert_eq!(c["ok"], true, "schema: {c}");
+        let r = &c["report"];
+        assert_eq!(r["organization-name"], "Phigate Test Clinic");
+        assert_eq!(r["contact-info"], "mailto:postmaster@lab.test");
+        assert!(
+            r["date-range"]["start-datetime"].as_str() <= r["date-range"]["end-datetime"].as_str()
+        );
+        let policies = r["policies"].as_array().expect("policies");
+        assert_eq!(policies.len(), 2, "{r}");
+        let by = |t: &str| {
+            policies
+                .iter()
+                .find(|p| p["policy"]["policy-type"] == t)
+                .unwrap_or_else(|| panic!("no {t} policy in {r}"))
+        };
+        let dane = by("tlsa");
+        assert_eq!(dane["policy"]["policy-domain"], "rpt.lab.test");
+        assert_eq!(
+            dane["policy"]["policy-string"],
+            serde_json::json!([format!("3 1 1 {TLSA_HEX}")])
+        );
+        assert_eq!(
+            dane["policy"]["mx-host"],
+            serde_json::json!(["dane.rpt.lab.test"])
+        );
+        assert_eq!(dane["summary"]["total-successful-session-count"], 0);
+        assert_eq!(dane["summary"]["total-failure-session-count"], 1);
+        let d = &dane["failure-details"][0];
+        assert_eq!(d["result-type"], "tlsa-invalid", "{d}");
+        assert_eq!(d["receiving-mx-hostname"], "dane.rpt.lab.test");
+        assert_eq!(d["receiving-ip"], "127.0.0.3");
+        assert_eq!(d["sending-mta-ip"], "127.0.0.1");
+        assert_eq!(d["failed-session-count"], 1);
+        let none = by("no-policy-found");
+        assert_eq!(none["summary"]["total-successful-session-count"], 1);
+        assert_eq!(none["summary"]["total-failure-session-count"], 1);
+        let d = &none["failure-details"][0];
+        assert_eq!(d["result-type"], "starttls-not-supported", "{d}");
+        assert_eq!(d["receiving-mx-hostname"], "nostls.rpt.lab.test");
+        assert_eq!(d["receiving-ip"], "127.0.0.2");
+        // Names, addresses and counts only: no trace of the recipient or the message.
+        let text = r.to_string();
+        assert!(!text.contains(CANARY) && !text.contains("pt-"), "{text}");
+    }
+    let mail = &checked[1];
+    assert_eq!(
+        mail["headers"]["TLS-Report-Domain"], "rpt.lab.test",
+        "{mail}"
+    );
+    assert!(
+        mail["filename"]
+            .as_str()
+            .is_some_and(|f| f.contains("!rpt.lab.test!") && f.ends_with(".json.gz")),
+        "{mail}"
+    );
+    let raw = std::fs::read(&mails[1]).expect("report mail");
+    let gz = std::fs::read(&post[0]).expect("posted report");
+    for (form, bytes) in common::canary::forms(CANARY) {
+        assert!(
+            !common::canary::contains(&raw, &bytes),
+            "canary ({form}) in the report mail"
+        );
+        assert!(
+            !common::canary::contains(&gz, &bytes),
+            "canary ({form}) in the posted report"
+        );
+    }
+    // The report mail is DKIM-signed for lab.test, verified by dkimpy against knotd.
+    let v = common::run_python(
+        &common::peers_dir().join("dkim_verify.py"),
+        &serde_json::json!({"messages": [mails[1]], "dns": addr.to_string()}),
+    );
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert_eq!(v[0]["d"], "lab.test");
+    // Sent reports are gone, and delivering the report mail (to sink.lab.test, which
+    // asks for reports too) was never counted: no report loop.
+    let after = gw.cli_json(&["tlsrpt", "show"]);
+    assert_eq!(after, serde_json::json!([]), "{after}");
+}

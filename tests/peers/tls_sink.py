@@ -4,9 +4,9 @@
 starting with "bounce" with 550, and writes each accepted message to OUTDIR/N.eml with
 its envelope in OUTDIR/N.json.
 
-usage: tls_sink.py PORT CERT KEY OUTDIR      (prints "ready" once listening)
-       tls_sink.py PORT - - OUTDIR            (a server that offers no STARTTLS at all)
-       tls_sink.py PORT CERT KEY OUTDIR optional   (STARTTLS offered, not required)
+usage: tls_sink.py PORT CERT KEY OUTDIR [HOST]     (prints "ready" once listening;
+HOST defaults to 127.0.0.1, e.g. 127.0.0.4 to be one of several MX hosts on one port)
+       tls_sink.py PORT - - OUTDIR [HOST]             (a server that offers no STARTTLS at all)
 """
 import asyncio
 import json
@@ -42,13 +42,13 @@ class Sink:
 
 def main():
     port, cert, key, outdir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    required = len(sys.argv) < 6 or sys.argv[5] != "optional"
+    host = sys.argv[5] if len(sys.argv) > 5 else "127.0.0.1"
     ctx = None
     if cert != "-":
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
-    ctrl = Controller(Sink(outdir), hostname="127.0.0.1", port=port,
-                      tls_context=ctx, require_starttls=ctx is not None and required,
+    ctrl = Controller(Sink(outdir), hostname=host, port=port,
+                      tls_context=ctx, require_starttls=ctx is not None,
                       server_hostname="mx.x.test", decode_data=False)
     ctrl.start()
     print("ready", flush=True)
