@@ -498,7 +498,8 @@ fn tlsrpt_reports_by_https_and_mail() {
     let mut opts = GwOpts::spool();
     opts.delivery = Some(format!(
         "mode = \"mx\"\nmx_port = {mx_port}\ndns_servers = [\"DNSADDR\"]\n\
-         dnssec_trust_anchor = \"ANCHOR\"\nextra_ca_file = \"{}\"\nconnect_timeout = \"5s\"\n",
+         dnssec_trust_anchor = \"ANCHOR\"\nextra_ca_file = \"{}\"\nconnect_timeout = \"5s\"\n\
+         [delivery.domains.\"vfy.lab.test\"]\ntls_level = \"verify\"\n",
         ca.display()
     ));
     opts.server_extra += &format!(
@@ -527,7 +528,8 @@ fn tlsrpt_reports_by_https_and_mail() {
          _{mx_port}._tcp.dane.rpt IN TLSA 3 1 1 {TLSA_HEX}\n\
          _smtp._tls.rpt IN TXT \"v=TLSRPTv1; rua=https://reports.lab.test:{https_port}/v1/tlsrpt,mailto:tlsrpt@sink.lab.test\"\n\
          reports IN A 127.0.0.1\n\
-         sink IN MX 10 good.rpt\n_smtp._tls.sink IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@sink.lab.test\"\n"
+         sink IN MX 10 good.rpt\n_smtp._tls.sink IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@sink.lab.test\"\n\
+         vfy IN MX 10 good.rpt\n_smtp._tls.vfy IN TXT \"v=TLSRPTv1; rua=https://reports.lab.test:{https_port}/v1/vfy\"\n"
     );
     let Some((_knot, addr, anchor)) = lab_with(dir.path(), &extra) else {
         return;
@@ -587,7 +589,7 @@ fn tlsrpt_reports_by_https_and_mail() {
     let send = format!(
         "import smtplib, ssl\nctx = ssl.create_default_context()\nctx.check_hostname = False\n\
          ctx.verify_mode = ssl.CERT_NONE\ns = smtplib.SMTP_SSL('127.0.0.1', {}, context=ctx)\n\
-         s.sendmail('results@lab.test', ['pt-{CANARY}@rpt.lab.test'], \
+         s.sendmail('results@lab.test', ['pt-{CANARY}@rpt.lab.test', 'pt2-{CANARY}@vfy.lab.test'], \
          b'From: <results@lab.test>\\r\\nTo: <pt-{CANARY}@rpt.lab.test>\\r\\n\
          Subject: labs {CANARY}\\r\\n\\r\\nresult {CANARY}\\r\\n')\ns.quit()\n",
         gw.port("smtps")
@@ -602,12 +604,6 @@ fn tlsrpt_reports_by_https_and_mail() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_files(&inbox, "eml", 1);
-    gw.wait_drained(Duration::from_secs(60));
-    assert!(
-        numbered(&dane_box, "eml").is_empty(),
-        "DANE mismatch got mail"
-    );
-
     let domain_row = |rows: &serde_json::Value, d: &str| {
         rows.as_array()
             .expect("rows")
@@ -615,7 +611,31 @@ fn tlsrpt_reports_by_https_and_mail() {
             .find(|r| r["domain"] == d)
             .cloned()
     };
+    // vfy.lab.test (level verify) refuses the good host's certificate, from a CA phigate
+    // does not trust, and keeps deferring: once that is counted, the message is deleted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while domain_row(&gw.cli_json(&["tlsrpt", "show"]), "vfy.lab.test").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vfy.lab.test not counted (hang guard)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for m in gw.cli_json(&["queue", "list"]).as_array().expect("queue") {
+        let id = m["id"].as_str().expect("id");
+        gw.cli_ok(&["queue", "delete", id]);
+    }
+    gw.wait_drained(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        numbered(&dane_box, "eml").is_empty(),
+        "DANE mismatch got mail"
+    );
     let shown = gw.cli_json(&["tlsrpt", "show"]);
+    let vfy = domain_row(&shown, "vfy.lab.test").expect("vfy.lab.test counted");
+    assert_eq!(vfy["successes"], 0, "{shown}");
+    let vfy_failures = vfy["failures"].as_u64().expect("failures");
+    assert!(vfy_failures >= 1, "{shown}");
     let row = domain_row(&shown, "rpt.lab.test").expect("rpt.lab.test counted");
     assert_eq!(
         (row["successes"].clone(), row["failures"].clone()),
@@ -632,17 +652,33 @@ fn tlsrpt_reports_by_https_and_mail() {
     let row = domain_row(&sent, "rpt.lab.test").expect("sent row");
     assert_eq!(row["outcome"], "sent", "{sent}");
     assert_eq!(row["delivered"].as_array().map(Vec::len), Some(2), "{sent}");
-    let post = wait_files(&posts, "body", 1);
+    assert_eq!(
+        domain_row(&sent, "vfy.lab.test").expect("vfy row")["outcome"],
+        "sent"
+    );
+    let bodies = wait_files(&posts, "body", 2);
     let mails = wait_files(&inbox, "eml", 2);
     gw.wait_drained(Duration::from_secs(60));
-    let head: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(posts.join("1.json")).expect("head"))
-            .expect("head json");
-    assert_eq!(head["path"], "/v1/tlsrpt");
-    assert_eq!(
-        head["headers"]["content-type"], "application/tlsrpt+gzip",
-        "{head}"
-    );
+    let mut post = Vec::new();
+    for body in &bodies {
+        let head: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(body.with_extension("json")).expect("head"),
+        )
+        .expect("head json");
+        assert_eq!(
+            head["headers"]["content-type"], "application/tlsrpt+gzip",
+            "{head}"
+        );
+        post.push((
+            head["path"].as_str().expect("path").to_string(),
+            body.clone(),
+        ));
+    }
+    post.sort();
+    let (vfy_post, post): (Vec<_>, Vec<_>) = post.into_iter().partition(|(p, _)| p == "/v1/vfy");
+    assert_eq!(post.len(), 1, "one report per domain");
+    let post: Vec<_> = post.into_iter().map(|(_, b)| b).collect();
+    let vfy_post = &vfy_post.first().expect("vfy.lab.test report").1;
     let envelope: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(mails[1].with_extension("json")).expect("envelope"),
     )
@@ -657,10 +693,24 @@ fn tlsrpt_reports_by_https_and_mail() {
             "reports": [
                 {"kind": "https", "path": post[0]},
                 {"kind": "mail", "path": mails[1]},
+                {"kind": "https", "path": vfy_post},
             ],
         }),
     );
-    for c in checked.as_array().expect("results") {
+    let results = checked.as_array().expect("results");
+    let vfy = &results[2];
+    assert_eq!(vfy["ok"], true, "schema: {vfy}");
+    let p = &vfy["report"]["policies"];
+    assert_eq!(p.as_array().map(Vec::len), Some(1), "{vfy}");
+    assert_eq!(p[0]["policy"]["policy-type"], "no-policy-found");
+    assert_eq!(p[0]["policy"]["policy-domain"], "vfy.lab.test");
+    assert_eq!(p[0]["summary"]["total-failure-session-count"], vfy_failures);
+    let d = &p[0]["failure-details"][0];
+    assert_eq!(d["result-type"], "certificate-not-trusted", "{d}");
+    assert_eq!(d["receiving-mx-hostname"], "good.rpt.lab.test");
+    assert_eq!(d["receiving-ip"], "127.0.0.4");
+    assert!(!vfy.to_string().contains(CANARY));
+    for c in &results[..2] {
         assert_eq!(c["ok"], true, "schema: {c}");
         let r = &c["report"];
         assert_eq!(r["organization-name"], "Phigate Test Clinic");

@@ -418,3 +418,67 @@ impl TlsRpt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::observe::TlsPolicy;
+    use crate::spool::SledStore;
+    use crate::tls::rpt::ResultType;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct At(AtomicU64);
+    impl Clock for At {
+        fn now_secs(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn attempt<'a>(policy: &'a TlsPolicy, failure: Option<ResultType>) -> TlsAttempt<'a> {
+        TlsAttempt {
+            domain: "example.org",
+            policy,
+            mx_host: "mx.example.org",
+            receiving_ip: Some([192, 0, 2, 1].into()),
+            sending_ip: None,
+            failure,
+        }
+    }
+
+    #[test]
+    fn per_day_records_survive_reopen_and_send_now_moves_the_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day1 = 1_796_256_000 + 3600; // 2026-12-03T01:00Z
+        let clock = Arc::new(At(AtomicU64::new(day1)));
+        let none = TlsPolicy::none();
+        {
+            let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("open"));
+            let agg = Aggregator::new(store.clone(), clock.clone());
+            agg.observe(&attempt(&none, None));
+            agg.observe(&attempt(&none, Some(ResultType::CertificateExpired)));
+            clock.0.store(day1 + DAY, Ordering::SeqCst);
+            agg.observe(&attempt(&none, None));
+            store.flush().expect("flush");
+        }
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("reopen"));
+        let agg = Aggregator::new(store, clock.clone());
+        let all = agg.all().expect("all");
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(
+            (all[0].day.as_str(), all[0].start, all[0].failures()),
+            ("2026-12-03", 1_796_256_000, 1)
+        );
+        assert_eq!((all[1].day.as_str(), all[1].successes()), ("2026-12-04", 1));
+        // A report that ends now (send-now): the next window for the domain starts there.
+        let now = day1 + DAY + 60;
+        agg.finish(&all[1], Some(now)).expect("finish");
+        clock.0.store(now + 5, Ordering::SeqCst);
+        agg.observe(&attempt(&none, None));
+        let all = agg.all().expect("all");
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[1].start, all[1].successes()), (now, 1));
+        // Only names, addresses and counts are stored.
+        let text = serde_json::to_string(&all).expect("json");
+        assert!(text.contains("mx.example.org") && text.contains("192.0.2.1"));
+    }
+}
