@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use common::deliver;
 use phigate::config::{DeliveryConfig, DeliveryMode, SmarthostConfig};
+use phigate::delivery::observe::{TlsAttempt, TlsObserver, REPORT_LISTENER};
 use phigate::delivery::sts::MemoryStsCache;
 use phigate::delivery::{AttemptResult, Deliverer, RcptOutcome};
 use phigate::dns::{DnssecStatus, StaticResolver};
 use phigate::tls::dane::Tlsa;
+use phigate::tls::rpt::{PolicyType, ResultType};
 use phigate::types::TlsLevel;
 use phigate::types::{Envelope, MailParams, Recipient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
@@ -839,6 +841,109 @@ async fn mta_sts_enforce_testing_and_cache() {
         "{}",
         hop.mta_sts
     );
+}
+
+/// What a TLS-RPT observer was told: (policy type, policy mx-host, MX, failure).
+type Seen = (PolicyType, Vec<String>, String, Option<ResultType>);
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Seen>>);
+
+impl TlsObserver for Recorder {
+    fn observe(&self, a: &TlsAttempt<'_>) {
+        assert_eq!(a.domain, "example.test");
+        assert!(a.sending_ip.is_some() || a.receiving_ip.is_none());
+        self.0.lock().expect("seen").push((
+            a.policy.kind,
+            a.policy.mx_host.clone(),
+            a.mx_host.to_string(),
+            a.failure,
+        ));
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.0.lock().expect("seen"))
+    }
+}
+
+/// The TLS result the delivery engine reports for TLS-RPT, one per new connection (or
+/// per host refused before connecting): MTA-STS enforce success and certificate
+/// failure, an MX outside the policy, `testing` failures (delivered, still reported),
+/// no STARTTLS; report mail itself is never observed.
+#[tokio::test]
+async fn tls_results_for_tlsrpt() {
+    use PolicyType::{NoPolicyFound, Sts};
+    let ca = pki();
+    let good = {
+        let (chain, key, _) = leaf(Some(&ca), "mx1.example.test", false);
+        server_config(chain, key)
+    };
+    let (good_port, _log) = server(good, ServerOpts::default(), false).await;
+    let (bad_chain, bad_key, _) = leaf(None, "mx1.example.test", false);
+    let (bad_port, _bad) = server(
+        server_config(bad_chain, bad_key),
+        ServerOpts::default(),
+        false,
+    )
+    .await;
+    let enforce = policy_server(&ca, ENFORCE).await;
+    let testing = policy_server(&ca, TESTING).await;
+    let env = envelope(&["a@example.test"], false);
+    let pattern = vec!["*.example.test".to_string()];
+    let mx1 = "mx1.example.test".to_string();
+    let run = |smtp: u16, sts: u16, mx: &'static str| {
+        let rec = Arc::new(Recorder::default());
+        let (d, f) = sts_deliverer(smtp, sts, sts_resolver("1", mx), &ca, Arc::default());
+        (d.with_tls_observer(rec.clone()), f, rec)
+    };
+
+    let (d, _f, rec) = run(good_port, enforce, "mx1.example.test");
+    deliver(&d, &env, b"x\r\n", &[0], None).await;
+    assert_eq!(rec.take(), vec![(Sts, pattern.clone(), mx1.clone(), None)]);
+
+    let (d, _f, rec) = run(bad_port, enforce, "mx1.example.test");
+    assert_transient_47(&deliver(&d, &env, b"x\r\n", &[0], None).await);
+    let bad = Some(ResultType::CertificateNotTrusted);
+    assert_eq!(rec.take(), vec![(Sts, pattern.clone(), mx1.clone(), bad)]);
+
+    let (d, _f, rec) = run(good_port, enforce, "mx.other.test");
+    assert_transient_47(&deliver(&d, &env, b"x\r\n", &[0], None).await);
+    let mismatch = Some(ResultType::ValidationFailure);
+    assert_eq!(
+        rec.take(),
+        vec![(Sts, pattern.clone(), "mx.other.test".into(), mismatch)]
+    );
+
+    let (d, _f, rec) = run(bad_port, testing, "mx1.example.test");
+    let out = deliver(&d, &env, b"x\r\n", &[0], None).await;
+    assert!(matches!(out[0].result, AttemptResult::Delivered(_)));
+    assert_eq!(rec.take(), vec![(Sts, pattern.clone(), mx1.clone(), bad)]);
+
+    // Report mail (the TLS-RPT module's own envelopes) is not observed: no loops.
+    let (d, _f, rec) = run(bad_port, testing, "mx1.example.test");
+    let mut report = env.clone();
+    report.listener = REPORT_LISTENER.into();
+    deliver(&d, &report, b"x\r\n", &[0], None).await;
+    assert!(rec.take().is_empty());
+
+    let (chain, key, _) = leaf(None, "mx1.example.test", false);
+    let (port, _log) = server(
+        server_config(chain, key),
+        ServerOpts {
+            behaviour: Behaviour::NoStarttls,
+            ..ServerOpts::default()
+        },
+        false,
+    )
+    .await;
+    let rec = Arc::new(Recorder::default());
+    let (d, _f) = deliverer(port, resolver_one_mx(), None);
+    let d = d.with_tls_observer(rec.clone());
+    assert_transient_47(&deliver(&d, &env, b"x\r\n", &[0], None).await);
+    let none = Some(ResultType::StarttlsNotSupported);
+    assert_eq!(rec.take(), vec![(NoPolicyFound, vec![], mx1, none)]);
 }
 
 // ---------------------------------------------------------------------------------

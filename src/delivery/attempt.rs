@@ -33,6 +33,8 @@ pub(super) struct Opened {
     sts_note: Option<String>,
     /// Our end of the connection (TLS-RPT `sending-mta-ip`).
     local_ip: Option<std::net::IpAddr>,
+    /// MTA-STS `testing`: the certificate failed the policy (reported, not enforced).
+    testing_failure: Option<ResultType>,
 }
 
 /// Why `open` failed.
@@ -164,7 +166,13 @@ impl Deliverer {
                     Checkout::Fresh(permits) => {
                         match self.open(addr, hop, plan, implicit, &mut info).await {
                             Ok(opened) => {
-                                observe(&plan.policy, hop, Some(ip), opened.local_ip, None);
+                                observe(
+                                    &plan.policy,
+                                    hop,
+                                    Some(ip),
+                                    opened.local_ip,
+                                    opened.testing_failure,
+                                );
                                 (
                                     Lease {
                                         client: opened.client,
@@ -354,6 +362,7 @@ impl Deliverer {
                     client: session,
                     sts_note,
                     local_ip,
+                    testing_failure: built.sts_testing_failure(),
                 })
             }
             Err(e) => {

@@ -11,6 +11,7 @@ use super::level::Requirement;
 use crate::config::DeliveryConfig;
 use crate::tls::dane::DaneVerifier;
 use crate::tls::peer_verify::{pkix_verifier, EncryptOnlyVerifier};
+use crate::tls::rpt::{classify_handshake, ResultType};
 
 /// Long-lived verifiers shared by all connections.
 pub(super) struct Verifiers {
@@ -57,9 +58,20 @@ impl Built {
         match &self.kind {
             Kind::Testing(v) => Some(match v.result() {
                 Some(Ok(())) => "testing: policy satisfied".into(),
-                Some(Err(e)) => format!("testing: policy failed ({e}), delivered anyway"),
+                Some(Err((e, _))) => format!("testing: policy failed ({e}), delivered anyway"),
                 None => "testing: certificate not checked".into(),
             }),
+            _ => None,
+        }
+    }
+}
+
+impl Built {
+    /// For an MTA-STS `testing` policy: how TLS-RPT reports a certificate that would have
+    /// failed (the session goes ahead, RFC 8461 §5).
+    pub fn sts_testing_failure(&self) -> Option<ResultType> {
+        match &self.kind {
+            Kind::Testing(v) => v.result().and_then(|r| r.err()).map(|(_, t)| t),
             _ => None,
         }
     }
@@ -140,11 +152,11 @@ impl Verifiers {
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    result: Mutex<Option<Result<(), String>>>,
+    result: Mutex<Option<Result<(), (String, ResultType)>>>,
 }
 
 impl RecordingVerifier {
-    fn result(&self) -> Option<Result<(), String>> {
+    fn result(&self) -> Option<Result<(), (String, ResultType)>> {
         self.result
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -165,7 +177,7 @@ impl ServerCertVerifier for RecordingVerifier {
             .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             .map(|_| ())
-            .map_err(|e| e.to_string());
+            .map_err(|e| (e.to_string(), classify_handshake(&e)));
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         Ok(ServerCertVerified::assertion())
     }
