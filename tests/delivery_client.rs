@@ -921,6 +921,21 @@ async fn tls_results_for_tlsrpt() {
     assert!(matches!(out[0].result, AttemptResult::Delivered(_)));
     assert_eq!(rec.take(), vec![(Sts, pattern.clone(), mx1.clone(), bad)]);
 
+    // A published policy that does not parse: one sts-policy-invalid under `sts`, about
+    // no host, and the session itself under no policy.
+    let broken = policy_server(&ca, "version: STSv1\nmode: sometimes\n").await;
+    let (d, _f, rec) = run(good_port, broken, "mx1.example.test");
+    let out = deliver(&d, &env, b"x\r\n", &[0], None).await;
+    assert!(matches!(out[0].result, AttemptResult::Delivered(_)));
+    let invalid = Some(ResultType::StsPolicyInvalid);
+    assert_eq!(
+        rec.take(),
+        vec![
+            (Sts, vec![], String::new(), invalid),
+            (NoPolicyFound, vec![], mx1.clone(), None)
+        ]
+    );
+
     // Report mail (the TLS-RPT module's own envelopes) is not observed: no loops.
     let (d, _f, rec) = run(bad_port, testing, "mx1.example.test");
     let mut report = env.clone();

@@ -4,12 +4,12 @@
 use std::net::IpAddr;
 
 use super::level::{self, DaneState, Refusal, Requirement, StsState};
-use super::observe::TlsPolicy;
+use super::observe::{TlsAttempt, TlsPolicy, REPORT_LISTENER};
 use super::route::{self, NextHop, RouteError};
 use super::{Deliverer, Job};
 use crate::dns::{DnsError, DnssecStatus};
 use crate::tls::mta_sts::Mode;
-use crate::tls::rpt::PolicyType;
+use crate::tls::rpt::{PolicyType, ResultType};
 use crate::types::{AttemptResult, RcptOutcome, Reply, TlsLevel};
 
 /// The requirement for one host plus what to record about it.
@@ -138,6 +138,9 @@ impl Deliverer {
                     .sts
                     .policy(self.resolver.as_ref(), self.sts_cache.as_ref(), domain)
                     .await;
+                if let Some(failure) = sts.fetch_failure {
+                    self.observe_sts_fetch(job, domain, failure);
+                }
                 let state = if sts.temp_fail {
                     StsState::TempFail
                 } else {
@@ -158,6 +161,29 @@ impl Deliverer {
         let report = (!routed).then_some(domain);
         self.try_hops(job, domain, &planned, &sts_outcome, false, report)
             .await
+    }
+
+    /// A published MTA-STS policy that could not be fetched: one TLS-RPT failure under
+    /// the `sts` policy, about no particular MX host (delivery goes on without it).
+    fn observe_sts_fetch(&self, job: Job<'_>, domain: &str, failure: ResultType) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        if job.env.listener == REPORT_LISTENER {
+            return;
+        }
+        observer.observe(&TlsAttempt {
+            domain,
+            policy: &TlsPolicy {
+                kind: PolicyType::Sts,
+                strings: Vec::new(),
+                mx_host: Vec::new(),
+            },
+            mx_host: "",
+            receiving_ip: None,
+            sending_ip: None,
+            failure: Some(failure),
+        });
     }
 
     /// DANE state and requirement for one host, or why it cannot be used.

@@ -21,6 +21,7 @@ use crate::tls::https::{HttpsClient, HttpsError, Resolve};
 use crate::tls::mta_sts::{
     self, after_fetch, decide, CacheDecision, CachedPolicy, Policy, StsError, TxtLookup,
 };
+use crate::tls::rpt::ResultType;
 use crate::types::now_secs;
 
 /// A cached policy and its refresh bookkeeping.
@@ -122,6 +123,9 @@ pub struct StsResult {
     pub policy: Option<Policy>,
     pub temp_fail: bool,
     pub outcome: String,
+    /// The domain publishes a policy but none could be fetched (and none is cached):
+    /// how TLS-RPT reports that (delivery goes on as without a policy).
+    pub fetch_failure: Option<ResultType>,
 }
 
 pub struct StsClient {
@@ -184,17 +188,20 @@ impl StsClient {
                 }
                 let policy = cached.map(|c| c.policy);
                 StsResult {
+                    fetch_failure: None,
                     outcome: format!("cached policy ({})", mode_of(policy.as_ref())),
                     policy,
                     temp_fail: false,
                 }
             }
             CacheDecision::NoPolicy => StsResult {
+                fetch_failure: None,
                 policy: None,
                 temp_fail: false,
                 outcome: "no policy".into(),
             },
             CacheDecision::TempFail => StsResult {
+                fetch_failure: None,
                 policy: None,
                 temp_fail: true,
                 outcome: "TXT lookup failed, nothing cached".into(),
@@ -207,6 +214,7 @@ impl StsClient {
                     .filter(|e| e.cached.is_fresh(now) && now < e.retry_at)
                 {
                     return StsResult {
+                        fetch_failure: None,
                         policy: Some(e.cached.policy.clone()),
                         temp_fail: false,
                         outcome: format!(
@@ -241,11 +249,13 @@ impl StsClient {
                     .await
             }
             TxtLookup::Absent => StsResult {
+                fetch_failure: None,
                 policy: None,
                 temp_fail: false,
                 outcome: "no valid _mta-sts TXT record; nothing fetched".into(),
             },
             TxtLookup::TempFail => StsResult {
+                fetch_failure: None,
                 policy: None,
                 temp_fail: true,
                 outcome: "TXT lookup failed; nothing fetched".into(),
@@ -274,6 +284,7 @@ impl StsClient {
     ) -> StsResult {
         let fetched = self.fetch(resolver, domain).await;
         let fetch_error = fetched.as_ref().err().map(ToString::to_string);
+        let fetch_kind = fetched.as_ref().err().map(FetchError::result_type);
         // after_fetch only needs to know that the fetch failed, not why.
         let fetched = fetched.map_err(|e| match e {
             FetchError::Policy(p) => p,
@@ -306,6 +317,7 @@ impl StsClient {
             (Some(e), None) => format!("fetch failed ({e}); no policy"),
         };
         StsResult {
+            fetch_failure: if policy.is_none() { fetch_kind } else { None },
             policy,
             temp_fail: false,
             outcome,
@@ -362,6 +374,23 @@ fn mode_of(p: Option<&Policy>) -> &'static str {
     p.map(|p| p.mode.as_str()).unwrap_or("none")
 }
 
+impl FetchError {
+    /// RFC 8460 §4.3.2.2: a policy that came back but is not valid, a policy host whose
+    /// certificate fails WebPKI, or any other failure to fetch.
+    pub fn result_type(&self) -> ResultType {
+        match self {
+            FetchError::Policy(StsError::HttpStatus(_)) => ResultType::StsPolicyFetchError,
+            FetchError::Policy(_) => ResultType::StsPolicyInvalid,
+            FetchError::Tls(_) => ResultType::StsWebpkiInvalid,
+            // The HTTPS client reports a rejected certificate only in its error text.
+            FetchError::Io(e) if e.contains("invalid peer certificate") => {
+                ResultType::StsWebpkiInvalid
+            }
+            _ => ResultType::StsPolicyFetchError,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("policy fetch timed out")]
@@ -382,6 +411,20 @@ pub enum FetchError {
 mod tests {
     use super::*;
     use crate::tls::mta_sts::Mode;
+
+    #[test]
+    fn fetch_errors_as_tlsrpt_results() {
+        use crate::tls::rpt::ResultType as R;
+        let invalid = FetchError::Policy(StsError::MissingField("mode"));
+        assert_eq!(invalid.result_type(), R::StsPolicyInvalid);
+        let status = FetchError::Policy(StsError::HttpStatus(404));
+        assert_eq!(status.result_type(), R::StsPolicyFetchError);
+        assert_eq!(FetchError::Timeout.result_type(), R::StsPolicyFetchError);
+        let cert = FetchError::Io(
+            "client error (Connect): invalid peer certificate: UnknownIssuer".into(),
+        );
+        assert_eq!(cert.result_type(), R::StsWebpkiInvalid);
+    }
 
     #[test]
     fn refresh_comes_before_expiry_with_bounded_jitter() {

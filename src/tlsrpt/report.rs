@@ -46,9 +46,12 @@ pub fn build(agg: &Aggregate, end: u64, report_id: &str, s: &TlsRptSettings) -> 
                 .map(|d| {
                     let mut row = json!({
                         "result-type": d.result,
-                        "receiving-mx-hostname": d.mx_host,
                         "failed-session-count": d.count,
                     });
+                    // Empty for a policy failure about no particular host (a fetch).
+                    if !d.mx_host.is_empty() {
+                        row["receiving-mx-hostname"] = json!(d.mx_host);
+                    }
                     if let Some(ip) = d.sending_ip {
                         row["sending-mta-ip"] = json!(ip.to_string());
                     }
