@@ -165,6 +165,14 @@ fn each_mistake_is_named_with_file_and_key() {
         "tlsrpt.from",
         "plain address",
     );
+    let text = format!("{good}\n[tlsrpt]\nenabled = true\n");
+    assert_refused(
+        dir,
+        "tlsrpt-mode.toml",
+        &text,
+        "tlsrpt.enabled",
+        "delivery.mode",
+    );
     let text = format!("{good}\n[tlsrpt]\nsend_hours = 2\n");
     assert_refused(dir, "tlsrpt-unknown.toml", &text, "tlsrpt", "send_hours");
 }

@@ -689,6 +689,12 @@ impl Config {
         if let Err((key, message)) = self.tlsrpt.check() {
             return Err(self.invalid(key, message));
         }
+        if self.tlsrpt.enabled == Some(true) && self.delivery.mode != DeliveryMode::Mx {
+            return Err(self.invalid(
+                "tlsrpt.enabled",
+                "needs delivery.mode = \"mx\" (only MX delivery sees the recipient domains' TLS)",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let key = |k: &str| format!("listener[{i}].{k}");

@@ -93,6 +93,43 @@ impl Aggregate {
         }
     }
 
+    /// Adds `other`'s counts (a report that could not be sent, put back in front of what
+    /// was counted meanwhile).
+    pub fn merge(&mut self, other: &Aggregate) {
+        self.start = self.start.min(other.start);
+        for theirs in &other.policies {
+            let at = match self.policies.iter().position(|p| p.policy == theirs.policy) {
+                Some(i) => i,
+                None if self.policies.len() < MAX_POLICIES => {
+                    self.policies.push(PolicyCounts {
+                        policy: theirs.policy.clone(),
+                        successes: 0,
+                        failures: 0,
+                        details: Vec::new(),
+                    });
+                    self.policies.len() - 1
+                }
+                None => continue,
+            };
+            let mine = &mut self.policies[at];
+            mine.successes += theirs.successes;
+            mine.failures += theirs.failures;
+            for d in &theirs.details {
+                let same = |m: &&mut FailureCount| {
+                    m.result == d.result
+                        && m.sending_ip == d.sending_ip
+                        && m.mx_host == d.mx_host
+                        && m.receiving_ip == d.receiving_ip
+                };
+                if let Some(m) = mine.details.iter_mut().find(same) {
+                    m.count += d.count;
+                } else if mine.details.len() < MAX_DETAILS {
+                    mine.details.push(d.clone());
+                }
+            }
+        }
+    }
+
     pub fn successes(&self) -> u64 {
         self.policies.iter().map(|p| p.successes).sum()
     }
@@ -153,6 +190,12 @@ mod tests {
         assert_eq!(p.details[0].count, 3);
         assert_eq!(p.details[0].result, ResultType::StarttlsNotSupported);
         assert_eq!(a.policies[1].details[0].result, ResultType::TlsaInvalid);
+        // Merging a copy doubles every count and keeps one row per detail.
+        let mut twice = a.clone();
+        twice.merge(&a);
+        assert_eq!((twice.successes(), twice.failures()), (4, 8));
+        assert_eq!(twice.policies[0].details[0].count, 6);
+        assert_eq!(twice.policies.len(), 2);
         // Survives a round trip through the store's JSON.
         let back: Aggregate =
             serde_json::from_slice(&serde_json::to_vec(&a).expect("json")).expect("parse");

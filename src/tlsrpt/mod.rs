@@ -128,11 +128,17 @@ impl Aggregator {
         Ok(out)
     }
 
-    /// Forget `agg` (sent or given up); when its window ends now (send-now), the next
-    /// window for the domain starts at `end`.
-    fn finish(&self, agg: &Aggregate, end: Option<u64>) -> std::io::Result<()> {
+    /// Takes `agg`'s record out of the store to report it: what it holds now (counted up
+    /// to this moment). When its window ends now (send-now), results from here on start
+    /// the next window at `end`, so nothing counted during the send is lost.
+    fn take(&self, agg: &Aggregate, end: Option<u64>) -> std::io::Result<Option<Aggregate>> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ops = vec![Op::Delete(Tree::Meta, agg_key(&agg.day, &agg.domain))];
+        let key = agg_key(&agg.day, &agg.domain);
+        let current = self
+            .store
+            .get(Tree::Meta, &key)?
+            .and_then(|v| serde_json::from_slice::<Aggregate>(&v).ok());
+        let mut ops = vec![Op::Delete(Tree::Meta, key)];
         if let Some(end) = end {
             ops.push(Op::Put(
                 Tree::Meta,
@@ -141,6 +147,27 @@ impl Aggregator {
             ));
         }
         self.store.commit(&ops)?;
+        Ok(current)
+    }
+
+    /// Puts back a report that could not be sent, merged with anything counted since.
+    fn restore(&self, agg: &Aggregate) -> std::io::Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = agg_key(&agg.day, &agg.domain);
+        let mut back = agg.clone();
+        if let Some(newer) = self
+            .store
+            .get(Tree::Meta, &key)?
+            .and_then(|v| serde_json::from_slice::<Aggregate>(&v).ok())
+        {
+            back.merge(&newer);
+        }
+        let value = serde_json::to_vec(&back).map_err(std::io::Error::other)?;
+        self.store.commit(&[Op::Put(Tree::Meta, key, value)])
+    }
+
+    /// Makes taken and restored records durable.
+    fn flush(&self) -> std::io::Result<()> {
         self.store.flush()
     }
 }
@@ -259,11 +286,14 @@ impl TlsRpt {
             } else {
                 now
             };
+            let Some(agg) = self.agg.take(&agg, (!finished).then_some(end))? else {
+                continue;
+            };
             let row = self.send_one(&agg, end, now).await;
-            match row.outcome.as_str() {
-                "retry" => {}
-                _ => self.agg.finish(&agg, (!finished).then_some(end))?,
+            if row.outcome == "retry" {
+                self.agg.restore(&agg)?;
             }
+            self.agg.flush()?;
             info!(
                 domain = %row.domain, day = %row.day, outcome = %row.outcome,
                 delivered = row.delivered.len(), errors = row.errors.len(),
@@ -471,12 +501,16 @@ mod tests {
         assert_eq!((all[1].day.as_str(), all[1].successes()), ("2026-12-04", 1));
         // A report that ends now (send-now): the next window for the domain starts there.
         let now = day1 + DAY + 60;
-        agg.finish(&all[1], Some(now)).expect("finish");
+        let taken = agg.take(&all[1], Some(now)).expect("take").expect("record");
         clock.0.store(now + 5, Ordering::SeqCst);
         agg.observe(&attempt(&none, None));
         let all = agg.all().expect("all");
         assert_eq!(all.len(), 2);
         assert_eq!((all[1].start, all[1].successes()), (now, 1));
+        // A report that could not be sent goes back, merged with what came since.
+        agg.restore(&taken).expect("restore");
+        let all = agg.all().expect("all");
+        assert_eq!((all[1].start, all[1].successes()), (taken.start, 2));
         // Only names, addresses and counts are stored.
         let text = serde_json::to_string(&all).expect("json");
         assert!(text.contains("mx.example.org") && text.contains("192.0.2.1"));
