@@ -124,7 +124,10 @@ impl Queue {
             return Some(why.clone());
         }
         let after = self.settings.portal_after?;
-        if env.listener == crate::types::NOTICE_LISTENER {
+        // Notices and TLS reports carry no PHI: they never need the portal.
+        if env.listener == crate::types::NOTICE_LISTENER
+            || env.listener == crate::delivery::observe::REPORT_LISTENER
+        {
             return None;
         }
         match &o?.result {
