@@ -150,7 +150,16 @@ pub enum Request {
     TlsrptShow,
     /// `phigate tlsrpt send-now`: send every aggregate, today's so far included.
     TlsrptSendNow,
+    /// `phigate reload`: what SIGHUP does, answered with its outcome.
+    Reload,
+    /// `phigate dkim check`: look rotation records up now; answers each group's signer.
+    DkimRefresh,
 }
+
+/// How the control socket asks the server's main loop to reload: the loop answers on
+/// the enclosed channel with the reload's outcome.
+pub type ReloadRequests =
+    tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>;
 
 /// `api-key create`'s answer: the key, shown once, and what was stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,27 +320,35 @@ enum ActionError {
     Usage(String),
 }
 
+/// What the control socket acts on, besides the configuration.
+pub struct Parts {
+    pub services: Services,
+    pub queue: Arc<Queue>,
+    /// None when TLS reporting is off.
+    pub tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
+    /// The keyring the spool was opened with.
+    pub keys: Vec<KeyInfo>,
+    pub portal: Option<Arc<crate::portal::Portal>>,
+    pub reload: ReloadRequests,
+}
+
 struct Control {
     services: Services,
     queue: Arc<Queue>,
-    /// None when TLS reporting is off.
     tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
     cfg: Config,
     keys: Mutex<Vec<KeyInfo>>,
     started: Instant,
     portal: Option<Arc<crate::portal::Portal>>,
+    reload: ReloadRequests,
 }
 
 /// Bind the control socket (if configured) and serve it until `shutdown` is cancelled.
-/// `keys` lists the keyring the spool was opened with. A stale socket left by a crash is
-/// replaced; one a live daemon still answers on is an error.
+/// A stale socket left by a crash is replaced; one a live daemon still answers on is an
+/// error.
 pub async fn start(
     cfg: &Config,
-    services: Services,
-    queue: Arc<Queue>,
-    tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
-    keys: Vec<KeyInfo>,
-    portal: Option<Arc<crate::portal::Portal>>,
+    parts: Parts,
     shutdown: CancellationToken,
 ) -> Result<Option<JoinHandle<()>>, ControlError> {
     let Some(path) = cfg.server.control_socket.clone() else {
@@ -339,13 +356,14 @@ pub async fn start(
     };
     let listener = bind(&path).await?;
     let ctl = Arc::new(Control {
-        services,
-        queue,
-        tlsrpt,
+        services: parts.services,
+        queue: parts.queue,
+        tlsrpt: parts.tlsrpt,
         cfg: cfg.clone(),
-        keys: Mutex::new(keys),
+        keys: Mutex::new(parts.keys),
         started: Instant::now(),
-        portal,
+        portal: parts.portal,
+        reload: parts.reload,
     });
     info!(socket = %path.display(), "control socket listening");
     Ok(Some(tokio::spawn(serve(ctl, listener, path, shutdown))))
@@ -612,8 +630,28 @@ impl Control {
             req @ (Request::TlsrptShow | Request::TlsrptSendNow) => {
                 return self.tlsrpt(req, admin).await
             }
+            Request::Reload => return self.reload(admin).await,
+            Request::DkimRefresh => {
+                let groups = self.services.dkim.refresh(self.services.now()).await;
+                Ok(Response::ok(&groups))
+            }
         };
         result.unwrap_or_else(|e| Response::err(e.to_string()))
+    }
+
+    async fn reload(&self, admin: &str) -> Response {
+        info!(admin, "reload requested");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.reload.send(tx).await.is_err() {
+            return Response::err("the daemon is shutting down".into());
+        }
+        match rx.await {
+            Ok(Ok(())) => Response::ok(&"configuration reloaded"),
+            Ok(Err(e)) => Response::err(format!(
+                "reload refused, previous configuration stays active: {e}"
+            )),
+            Err(_) => Response::err("the daemon is shutting down".into()),
+        }
     }
 
     async fn tlsrpt(&self, req: Request, admin: &str) -> Response {

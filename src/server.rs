@@ -167,16 +167,19 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             sandbox: SandboxTransport::new(Sandbox::new(cfg.sandbox_dir())),
         }),
     };
-    let dkim = Arc::new(crate::dkim::DkimKeys::load(&cfg.dkim)?);
-    let transport: Arc<dyn Transport> = if dkim.is_empty() {
-        transport
-    } else {
+    let dkim = Arc::new(crate::dkim::Dkim::new(
+        crate::dkim::DkimKeys::load(&cfg.dkim)?,
+        Some(cfg.server.data_dir.join("dkim-rotation.json")),
+    ));
+    dkim.rotation().set_lookup(dkim_lookup(&cfg));
+    if !dkim.is_empty() {
         info!(keys = cfg.dkim.len(), "DKIM signing enabled");
-        Arc::new(crate::delivery::DkimSign {
-            keys: dkim.clone(),
-            inner: transport,
-        })
-    };
+    }
+    // Always the outermost transport: a reload may add the first key.
+    let transport: Arc<dyn Transport> = Arc::new(crate::delivery::DkimSign {
+        keys: dkim.clone(),
+        inner: transport,
+    });
     let audit = crate::audit::Audit::open(spool.clone(), audit_settings(&cfg))?;
     let events = {
         let s = spool.clone();
@@ -252,6 +255,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         queue_stop.clone(),
     ));
     let queue_task = tokio::spawn(queue.clone().run(queue_stop.clone()));
+    spawn_dkim_refresh(&services, queue_stop.clone());
     let tlsrpt = match (tlsrpt_agg, &deliverer) {
         (Some(agg), Some(d)) => {
             let t = crate::tlsrpt::TlsRpt::new(
@@ -269,13 +273,17 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         }
         _ => None,
     };
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let _control = crate::control::start(
         &cfg,
-        services.clone(),
-        queue.clone(),
-        tlsrpt,
-        key_list,
-        portal.clone(),
+        crate::control::Parts {
+            services: services.clone(),
+            queue: queue.clone(),
+            tlsrpt,
+            keys: key_list,
+            portal: portal.clone(),
+            reload: reload_tx,
+        },
         shutdown.clone(),
     )
     .await?;
@@ -348,10 +356,17 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     info!(version = env!("CARGO_PKG_VERSION"), "phigate ready");
 
     let mut current = cfg;
-    // Every signal other than Reload means shut down.
-    while let Signal::Reload = signals.next().await {
+    // SIGHUP and `phigate reload` reload; every other signal means shut down.
+    loop {
+        let answer = tokio::select! {
+            sig = signals.next() => match sig {
+                Signal::Reload => None,
+                Signal::Shutdown => break,
+            },
+            Some(answer) = reload_rx.recv() => Some(answer),
+        };
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-        match reload(
+        let outcome = reload(
             &current,
             config_path.as_deref(),
             &tls,
@@ -362,16 +377,26 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             &pipeline,
             &front,
             &shared,
-        ) {
+        );
+        let reply = match outcome {
             Ok(new) => {
-                info!("configuration reloaded (certificates, users, auth, limits, policy)");
+                info!(
+                    "configuration reloaded (certificates, users, auth, limits, policy, DKIM keys)"
+                );
                 current = new;
+                let s = services.clone();
+                tokio::spawn(async move { s.dkim.refresh(s.now()).await });
                 audit_reload(&services, true, &current.source).await;
+                Ok(())
             }
             Err(e) => {
                 error!(error = %e, "reload refused, previous configuration stays active");
                 audit_reload(&services, false, &current.source).await;
+                Err(e.to_string())
             }
+        };
+        if let Some(answer) = answer {
+            let _ = answer.send(reply);
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
@@ -525,6 +550,39 @@ fn load_users(cfg: &Config) -> Result<Users, ServerError> {
         Some(p) => Users::load(p)?,
         None => Users::default(),
     })
+}
+
+/// TXT lookups for DKIM rotation: phigate's own validating resolver, built afresh for
+/// each lookup so a record just published (or a cached negative answer) is seen now.
+fn dkim_lookup(cfg: &Config) -> crate::dkim::rotation::Lookup {
+    use crate::dns::{HickoryResolver, Resolver, ResolverSettings};
+    let settings = ResolverSettings {
+        servers: cfg.delivery.dns_servers.clone(),
+        trust_anchor: cfg.delivery.dnssec_trust_anchor.clone(),
+        timeout: Some(std::time::Duration::from_secs(5)),
+    };
+    Arc::new(move |name: String| {
+        let settings = settings.clone();
+        Box::pin(async move {
+            let resolver = HickoryResolver::new(&settings).ok()?;
+            resolver.txt(&name).await.ok().map(|a| a.records)
+        })
+    })
+}
+
+/// Check DKIM rotation records now, then hourly, until `stop`.
+fn spawn_dkim_refresh(services: &Services, stop: CancellationToken) {
+    let services = services.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            services.dkim.refresh(services.now()).await;
+        }
+    });
 }
 
 fn audit_settings(cfg: &Config) -> crate::audit::AuditSettings {
@@ -706,6 +764,7 @@ fn reload(
     };
     let new_shared = build_shared(&new, front)?;
     let policy = load_policy(&new)?;
+    let dkim = crate::dkim::DkimKeys::load(&new.dkim)?;
     tls.reload(&new.tls)?;
     if let (Some(h), Some(api)) = (fronts.api, &new.api) {
         h.tls.reload(&crate::api::http::tls_config(&new.tls, api))?;
@@ -717,6 +776,8 @@ fn reload(
     }
     pipeline.set_policy(policy);
     pipeline.set_min_free(new.spool.min_free.0);
+    front.services.dkim.replace(dkim);
+    front.services.dkim.rotation().set_lookup(dkim_lookup(&new));
     install_credentials(&front.services, &new, &new_shared);
     *shared.write().unwrap_or_else(|p| p.into_inner()) = new_shared;
     let restart_needed = new.listeners.len() != current.listeners.len()

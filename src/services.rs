@@ -41,7 +41,7 @@ pub struct Services {
     /// Anomaly alerts.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// DKIM signing keys (`[[dkim]]`), for the policy's `require_dkim`.
-    pub dkim: Arc<crate::dkim::DkimKeys>,
+    pub dkim: Arc<crate::dkim::Dkim>,
 }
 
 impl Services {

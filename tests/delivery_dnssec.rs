@@ -70,6 +70,84 @@ macro_rules! step {
     };
 }
 
+/// Writes `lab.test.zone` (SOA serial `serial`, `extra` lines appended), signs it with
+/// the CSK and corrupts one signed RRset after signing: its RRSIG no longer verifies.
+fn sign_zone(dir: &Path, csk: &str, serial: u32, extra: &str) -> Result<(), String> {
+    let e = |what: &str, err: std::io::Error| format!("{what}: {err}");
+    std::fs::write(
+        dir.join("lab.test.zone"),
+        format!(
+            "$ORIGIN lab.test.\n$TTL 300\n@ IN SOA ns hostmaster {serial} 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.53\n\
+             @ IN MX 10 mx\nmx IN A 127.0.0.1\n_25._tcp.mx IN TLSA 3 1 1 {TLSA_HEX}\n\
+             badmx IN A 127.0.0.1\n_25._tcp.badmx IN TLSA 3 1 1 {TLSA_HEX}\n\
+             _mta-sts IN TXT \"v=STSv1; id=20240101;\"\nnull IN MX 0 .\n{extra}"
+        ),
+    )
+    .map_err(|err| e("write zone", err))?;
+    run(
+        dir,
+        &format!("ldns-signzone -o lab.test. -f lab.test.zone.signed lab.test.zone {csk}"),
+    );
+    let signed = std::fs::read_to_string(dir.join("lab.test.zone.signed"))
+        .map_err(|err| e("read signed zone", err))?;
+    let tampered = signed
+        .lines()
+        .map(|l| {
+            if l.starts_with("_25._tcp.badmx.lab.test.") && l.contains("\tTLSA\t") {
+                l.replace(&TLSA_HEX[..8], "00000000")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(
+        signed.trim(),
+        tampered.trim(),
+        "tampering must change the zone"
+    );
+    std::fs::write(dir.join("lab.test.zone.signed"), tampered + "\n")
+        .map_err(|err| e("write tampered zone", err))
+}
+
+/// The running lab zone replaced: re-signed with `extra` at `serial` and reloaded by
+/// knotd; returns once `name` answers TXT.
+fn resign(dir: &Path, serial: u32, extra: &str, addr: SocketAddr, name: &str) {
+    let csk = std::fs::read_to_string(dir.join("csk.name")).expect("csk name");
+    sign_zone(dir, csk.trim(), serial, extra).expect("sign zone");
+    run(
+        dir,
+        &format!(
+            "knotc -c {} zone-reload lab.test",
+            dir.join("knot.conf").display()
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("kdig")
+            .args([
+                "+short",
+                "+time=1",
+                "+retry=0",
+                &format!("@{}", addr.ip()),
+                "-p",
+                &addr.port().to_string(),
+                "TXT",
+                name,
+            ])
+            .output()
+            .expect("kdig");
+        if !out.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "knotd did not serve {name} after the reload (hang guard)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Builds and serves the zone; returns the server guard, its address and the anchor path.
 /// None (after a SKIP line) when the lab cannot be built outside CI.
 fn lab(dir: &Path) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
@@ -89,46 +167,8 @@ fn lab_with(dir: &Path, extra: &str) -> Option<(Knot, SocketAddr, std::path::Pat
     )
     .port();
     let csk = run(dir, "ldns-keygen -a ECDSAP256SHA256 -k lab.test");
-    step!(
-        "write zone",
-        std::fs::write(
-        dir.join("lab.test.zone"),
-        format!(
-            "$ORIGIN lab.test.\n$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.53\n\
-             @ IN MX 10 mx\nmx IN A 127.0.0.1\n_25._tcp.mx IN TLSA 3 1 1 {TLSA_HEX}\n\
-             badmx IN A 127.0.0.1\n_25._tcp.badmx IN TLSA 3 1 1 {TLSA_HEX}\n\
-             _mta-sts IN TXT \"v=STSv1; id=20240101;\"\nnull IN MX 0 .\n{extra}"
-        ),
-    ));
-    run(
-        dir,
-        &format!("ldns-signzone -o lab.test. -f lab.test.zone.signed lab.test.zone {csk}"),
-    );
-    // Corrupt one signed RRset after signing: its RRSIG no longer verifies (bogus).
-    let signed = step!(
-        "read signed zone",
-        std::fs::read_to_string(dir.join("lab.test.zone.signed"))
-    );
-    let tampered = signed
-        .lines()
-        .map(|l| {
-            if l.starts_with("_25._tcp.badmx.lab.test.") && l.contains("\tTLSA\t") {
-                l.replace(&TLSA_HEX[..8], "00000000")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_ne!(
-        signed.trim(),
-        tampered.trim(),
-        "tampering must change the zone"
-    );
-    step!(
-        "write tampered zone",
-        std::fs::write(dir.join("lab.test.zone.signed"), tampered + "\n")
-    );
+    step!("keep key name", std::fs::write(dir.join("csk.name"), &csk));
+    step!("sign zone", sign_zone(dir, &csk, 1, extra));
     let anchor = dir.join("anchor.dnskey");
     step!(
         "copy anchor",
@@ -789,4 +829,173 @@ fn tlsrpt_reports_by_https_and_mail() {
     // asks for reports too) was never counted: no report loop.
     let after = gw.cli_json(&["tlsrpt", "show"]);
     assert_eq!(after, serde_json::json!([]), "{after}");
+}
+
+/// The selector of a signed copy, verified by dkimpy against the record knotd serves.
+fn verified_selector(dir: &Path, name: &str, content: &[u8], dns: SocketAddr) -> String {
+    let copy = dir.join(name);
+    std::fs::write(&copy, content).expect("copy");
+    let v = common::run_python(
+        &common::peers_dir().join("dkim_verify.py"),
+        &serde_json::json!({"messages": [copy], "dns": dns.to_string()}),
+    );
+    assert_eq!(v[0]["ok"], true, "dkimpy verifies {name}: {v}");
+    assert_eq!(v[0]["d"], "lab.test");
+    v[0]["s"].as_str().expect("s=").to_string()
+}
+
+/// `phigate dkim rotate` against the signed lab zone: the new key is added to the
+/// config and loaded by the running daemon (no restart), but mail keeps being signed
+/// with the old key until the new record is published; once knotd serves it the new
+/// key signs, `dkim check` gives the old record's grace advice with a date, and both
+/// survive a restart. Every copy passes dkimpy after DLP tagging and subject redaction.
+#[test]
+fn dkim_rotation_switches_once_the_record_is_published() {
+    use common::{Gateway, GwOpts};
+    let dir = tempfile::tempdir().expect("tmp");
+    let k1 = dir.path().join("keys").join("lab.test.k1.key");
+    let mut opts = GwOpts::spool();
+    opts.delivery = Some(
+        "mode = \"sandbox\"\ndns_servers = [\"DNSADDR\"]\ndnssec_trust_anchor = \"ANCHOR\"\n"
+            .into(),
+    );
+    opts.server_extra += &format!(
+        "\n[[dkim]]\ndomain = \"lab.test\"\nselector = \"k1\"\nkey_file = \"{}\"\n",
+        k1.display()
+    );
+    opts.policy = Some(
+        "[dlp]\nmode = \"enforce\"\n\n[default]\naction = \"accept\"\n\n[[rule]]\n\
+         name = \"ssn-tag\"\naction = \"tag\"\nredact_subject = \"[Secure message]\"\n\
+         [rule.match]\ndetectors = [\"ssn\"]\n"
+            .into(),
+    );
+    let mut gw = Gateway::configure(opts);
+    let out = gw.cli_ok(&[
+        "dkim",
+        "generate",
+        "lab.test",
+        "--selector",
+        "k1",
+        "--algorithm",
+        "ed25519",
+        "--key-file",
+        &k1.display().to_string(),
+    ]);
+    let rec1 = out
+        .split_once(" IN TXT ")
+        .expect("record")
+        .1
+        .trim()
+        .to_string();
+    let k1_line = format!("k1._domainkey IN TXT {rec1}\n");
+    let Some((_knot, addr, anchor)) = lab_with(dir.path(), &k1_line) else {
+        return;
+    };
+    let cfg = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        cfg.replace("DNSADDR", &addr.to_string())
+            .replace("ANCHOR", &anchor.display().to_string()),
+    )
+    .expect("config");
+    gw.launch();
+    let mail = |n: u32| {
+        format!(
+            "From: Lab <results@lab.test>\r\nTo: <p@example.net>\r\n\
+             Subject: Results for SSN 536-22-8901 ({n})\r\nMessage-ID: <r{n}@lab.test>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\nPatient SSN 536-22-8901, Grüße.\r\n"
+        )
+        .into_bytes()
+    };
+    let send = |gw: &Gateway, n: u32, seen: usize| {
+        let id = gw.send_eml(&mail(n));
+        let msgs = gw.wait_messages(seen, Duration::from_secs(30));
+        let copy = msgs.into_iter().find(|m| m.0 == id).expect("copy").1;
+        let text = String::from_utf8_lossy(&copy).to_string();
+        assert!(
+            text.contains("X-Phigate-DLP:") && text.contains("Subject: [Secure message]"),
+            "tagged and redacted before signing: {text}"
+        );
+        verified_selector(dir.path(), &format!("m{n}.eml"), &copy, addr)
+    };
+
+    // Rotate: the record alone on stdout, the key private, the entry in the config,
+    // the running daemon reloaded.
+    let rot = gw.cli(&["dkim", "rotate", "lab.test", "--selector", "k2"]);
+    let stdout = String::from_utf8_lossy(&rot.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&rot.stderr).to_string();
+    assert!(rot.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let (name, rec2) = stdout.trim().split_once(" IN TXT ").expect("record");
+    assert_eq!(name, "k2._domainkey.lab.test.");
+    assert!(
+        rec2.contains("k=ed25519"),
+        "the old key's algorithm: {rec2}"
+    );
+    assert!(stderr.contains("the running daemon reloaded"), "{stderr}");
+    let k2 = dir.path().join("keys").join("lab.test.k2.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&k2).expect("k2").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let cfg = std::fs::read_to_string(&gw.config).expect("config");
+    assert!(cfg.contains("selector = \"k2\""), "{cfg}");
+    gw.cli_ok(&["check-config"]);
+    let again = gw.cli(&["dkim", "rotate", "lab.test", "--selector", "k2"]);
+    assert!(!again.status.success(), "a selector is never reused");
+
+    // k2's record not published yet: k1 still signs, check says k2 waits (exit 1).
+    assert_eq!(
+        send(&gw, 1, 1),
+        "k1",
+        "no signature the receiver cannot verify"
+    );
+    let check = gw.cli(&["dkim", "check", "lab.test"]);
+    let text = String::from_utf8_lossy(&check.stdout).to_string();
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(text.contains("k2._domainkey.lab.test  missing"), "{text}");
+    assert!(
+        text.contains("lab.test: signing with selector k1"),
+        "{text}"
+    );
+    assert!(text.contains("k2: waiting for its record"), "{text}");
+
+    // Published: the daemon switches on the next check, and the old record gets a date.
+    resign(
+        dir.path(),
+        2,
+        &format!("{k1_line}k2._domainkey IN TXT {rec2}\n"),
+        addr,
+        "k2._domainkey.lab.test",
+    );
+    let text = gw.cli_ok(&["dkim", "check", "lab.test"]);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let now = time::OffsetDateTime::now_utc();
+    let today = now.format(&fmt).expect("date");
+    let until = (now + time::Duration::days(7)).format(&fmt).expect("date");
+    assert!(
+        text.contains(&format!("lab.test: signing with selector k2 since {today}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "k1: replaced; keep its record published until {until}"
+        )),
+        "{text}"
+    );
+    assert_eq!(send(&gw, 2, 2), "k2");
+    assert!(gw.log().contains("DKIM: the new key's record is published"));
+
+    // After a restart k2 signs at once, and the takeover date is kept.
+    gw.stop();
+    gw.launch();
+    assert_eq!(send(&gw, 3, 3), "k2");
+    let text = gw.cli_ok(&["dkim", "check", "lab.test"]);
+    assert!(
+        text.contains(&format!("signing with selector k2 since {today}")),
+        "{text}"
+    );
+    let secret = std::fs::read_to_string(&k2).expect("key");
+    assert!(!gw.log().contains(secret.lines().nth(1).expect("b64")));
+    gw.stop();
 }

@@ -1,4 +1,4 @@
-//! SIGHUP reload of the whole configuration: a good config takes effect (a changed
+//! SIGHUP (and `phigate reload`) reload of the whole configuration: a good config takes effect (a changed
 //! `auth.allow_networks`), a broken one is refused with the reason logged while the
 //! process keeps running on the previous configuration.
 
@@ -36,7 +36,10 @@ fn sighup_applies_a_good_config_and_refuses_a_broken_one() {
     if !require_tool(PYTHON) {
         return;
     }
-    let mut gw = Gateway::start(GwOpts::default());
+    let mut gw = Gateway::start(GwOpts {
+        control_socket: true,
+        ..GwOpts::default()
+    });
     assert_eq!(mail_from_loopback(&gw), "250 2.1.0 Ok");
     let original = std::fs::read_to_string(&gw.config).expect("config");
     let allow = "allow_networks = [\"127.0.0.1/32\"]";
@@ -75,9 +78,22 @@ fn sighup_applies_a_good_config_and_refuses_a_broken_one() {
         "the broken config (or the original) became active"
     );
 
+    // `phigate reload` does the same through the control socket and says how it went:
+    // a file that parses but names a missing client CA is refused by the daemon.
+    let missing = original.replacen("[tls]", "[tls]\nclient_ca = \"/nonexistent/ca.pem\"", 1);
+    assert_ne!(missing, original, "the config has a [tls] table");
+    std::fs::write(&gw.config, &missing).expect("write config");
+    let out = gw.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refused reload fails the command");
+    assert!(
+        err.contains("reload refused") && err.contains("tls.client_ca"),
+        "{err}"
+    );
+
     // Fixing the file and reloading again restores loopback relay.
     std::fs::write(&gw.config, &original).expect("write config");
-    gw.signal("HUP");
-    wait_log(&gw, "configuration reloaded", 2);
+    let answer = gw.cli_ok(&["reload"]);
+    assert!(answer.contains("configuration reloaded"), "{answer}");
     assert_eq!(mail_from_loopback(&gw), "250 2.1.0 Ok");
 }

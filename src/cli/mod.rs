@@ -114,6 +114,9 @@ pub enum Command {
         #[command(subcommand)]
         action: freeze::FreezeAction,
     },
+    /// Ask the running daemon to re-read its configuration (as SIGHUP does) and say
+    /// whether it took it.
+    Reload,
     /// Is the daemon running, and how full is its queue.
     Status {
         #[arg(long)]
@@ -265,6 +268,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys { action } => keys::run(&cli.config, action),
         Command::Quarantine { action } => quarantine::run(&cli.config, action),
         Command::Status { json } => control_client::status(&cli.config, *json),
+        Command::Reload => {
+            let cfg = control_client::load_config(&cli.config)?;
+            let answer: String = control_client::call(&cfg, &crate::control::Request::Reload)?;
+            println!("{answer}");
+            Ok(())
+        }
         Command::Tls { action } => tls::run(&cli.config, action),
         Command::Sts { action } => sts::run(&cli.config, action),
         Command::Tlsrpt { action } => tlsrpt::run(&cli.config, action),

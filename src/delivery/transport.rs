@@ -127,7 +127,7 @@ impl Transport for SandboxTransport {
 /// it leaves, after every change phigate makes to it, so the signature verifies at the
 /// receiver. Outermost transport: sandbox copies are signed like real deliveries.
 pub struct DkimSign {
-    pub keys: std::sync::Arc<crate::dkim::DkimKeys>,
+    pub keys: std::sync::Arc<crate::dkim::Dkim>,
     pub inner: std::sync::Arc<dyn Transport>,
 }
 

@@ -1,7 +1,17 @@
-//! DKIM signing keys (L1): `[[dkim]]` entries loaded once, a message signed by the key
-//! whose `match_from` covers its From domain, and key generation for
-//! `phigate dkim generate`. Signing is mail-auth's (Apache-2.0/MIT), on ring.
-//! Key material never reaches a log line or an error message.
+//! DKIM signing (L1): the `[[dkim]]` keys, swapped whole on reload, and a message
+//! signed by the key whose `match_from` covers its From domain. Signing is mail-auth's
+//! (Apache-2.0/MIT), on ring. Key material never reaches a log line or an error message.
+//!
+//! Rotation without a gap: when several entries share a signing domain and `match_from`
+//! (a rotation group, in config order, oldest first), mail is signed with the newest key
+//! whose TXT record has been seen published, and with the first one until then. Which
+//! records are published is learnt through a lookup the server supplies (`rotation`).
+
+mod generate;
+pub mod rotation;
+
+use generate::rsa_spki;
+pub use generate::{generate, txt_strings, Algorithm, Generated};
 
 use crate::config::DkimConfig;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -10,6 +20,8 @@ use mail_auth::dkim::{DkimSigner, Done};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Signed when present, and `From` twice so another From cannot be added later
 /// (oversigning, RFC 6376 §8.15).
@@ -51,6 +63,30 @@ struct Entry {
     public: Vec<u8>,
     /// `k=`: `rsa` or `ed25519`.
     kind: &'static str,
+    /// Index of the first entry of this entry's rotation group.
+    group: usize,
+    /// Its record was seen published by the last check (rotation groups only).
+    published: AtomicBool,
+}
+
+impl Entry {
+    fn covers(&self, domain: &str) -> bool {
+        self.patterns.iter().any(|p| covers(p, domain))
+    }
+
+    fn name(&self) -> String {
+        format!("{}._domainkey.{}", self.selector, self.domain)
+    }
+
+    fn record(&self) -> KeyRecord {
+        KeyRecord {
+            domain: self.domain.clone(),
+            selector: self.selector.clone(),
+            kind: self.kind,
+            public: self.public.clone(),
+            group: self.group,
+        }
+    }
 }
 
 /// One key and the record it needs, for `phigate dkim check`.
@@ -60,6 +96,8 @@ pub struct KeyRecord {
     pub selector: String,
     pub kind: &'static str,
     public: Vec<u8>,
+    /// Records with the same `group` rotate: the newest published one signs.
+    pub group: usize,
 }
 
 impl KeyRecord {
@@ -185,13 +223,20 @@ impl DkimKeys {
                     .map(|p| p.to_ascii_lowercase())
                     .collect()
             };
+            let domain = c.domain.to_ascii_lowercase();
+            let group = entries
+                .iter()
+                .position(|e: &Entry| e.domain == domain && e.patterns == patterns)
+                .unwrap_or(entries.len());
             entries.push(Entry {
-                domain: c.domain.to_ascii_lowercase(),
+                domain,
                 selector: c.selector.clone(),
                 patterns,
                 signer,
                 public,
                 kind,
+                group,
+                published: AtomicBool::new(false),
             });
         }
         Ok(DkimKeys { entries })
@@ -201,36 +246,81 @@ impl DkimKeys {
         self.entries.is_empty()
     }
 
-    /// The records `domain`'s keys need published.
+    /// The records `domain`'s keys need published, in config order.
     pub fn records_for(&self, domain: &str) -> Vec<KeyRecord> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         self.entries
             .iter()
             .filter(|e| e.domain == domain)
-            .map(|e| KeyRecord {
-                domain: e.domain.clone(),
-                selector: e.selector.clone(),
-                kind: e.kind,
-                public: e.public.clone(),
-            })
+            .map(Entry::record)
             .collect()
     }
 
     /// Is there a key for mail From `domain`?
     pub fn signs(&self, domain: &str) -> bool {
+        self.entries.iter().any(|e| e.covers(domain))
+    }
+
+    fn rotating(&self, e: &Entry) -> bool {
+        self.entries.iter().filter(|o| o.group == e.group).count() > 1
+    }
+
+    /// May `e` sign? A key alone in its group always; in a rotation, once its record
+    /// has been seen published.
+    fn live(&self, e: &Entry) -> bool {
+        !self.rotating(e) || e.published.load(Ordering::Relaxed)
+    }
+
+    /// The key for mail From `domain`: the first entry covering it, or rather the
+    /// newest live key of that entry's rotation group (the first while none is live).
+    fn signer(&self, domain: &str) -> Option<&Entry> {
+        let first = self.entries.iter().find(|e| e.covers(domain))?;
+        let newest_live = self
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.group == first.group)
+            .find(|e| self.live(e));
+        Some(newest_live.unwrap_or(first))
+    }
+
+    /// Each rotation group's members, oldest first, and the index of the one that signs.
+    fn groups(&self) -> Vec<(Vec<KeyRecord>, usize)> {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.group != i || !self.rotating(e) {
+                continue;
+            }
+            let members: Vec<&Entry> = self.entries.iter().filter(|o| o.group == i).collect();
+            let signer = members.iter().rposition(|o| self.live(o)).unwrap_or(0);
+            out.push((members.iter().map(|m| m.record()).collect(), signer));
+        }
+        out
+    }
+
+    /// Records whose publication decides which key signs: those of rotation groups.
+    pub fn to_check(&self) -> Vec<KeyRecord> {
         self.entries
             .iter()
-            .any(|e| e.patterns.iter().any(|p| covers(p, domain)))
+            .filter(|e| self.rotating(e))
+            .map(Entry::record)
+            .collect()
+    }
+
+    /// Record whether `record` was found published.
+    pub fn mark_published(&self, record: &KeyRecord, published: bool) {
+        for e in &self.entries {
+            if e.name() == record.name() && e.public == record.public {
+                e.published.store(published, Ordering::Relaxed);
+            }
+        }
     }
 
     /// `content` with a DKIM-Signature prepended, if a key covers its From domain. A
     /// signing failure leaves the message unsigned (and says so, without content).
     pub fn sign(&self, content: &[u8]) -> Option<Vec<u8>> {
         let domain = from_domain(content)?;
-        let entry = self
-            .entries
-            .iter()
-            .find(|e| e.patterns.iter().any(|p| covers(p, &domain)))?;
+        let entry = self.signer(&domain)?;
         let sig = match &entry.signer {
             AnySigner::Rsa(s) => s.sign(content),
             AnySigner::Ed25519(s) => s.sign(content),
@@ -249,90 +339,68 @@ impl DkimKeys {
     }
 }
 
-/// Key algorithms `phigate dkim generate` makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Ed25519,
-    Rsa2048,
+/// The running signer: the loaded keys, replaced whole on reload (publication marks
+/// carried over), and the rotation state.
+pub struct Dkim {
+    keys: RwLock<Arc<DkimKeys>>,
+    rotation: rotation::Rotation,
 }
 
-/// A new key: its PEM and the `p=`/`k=` of its DNS record.
-pub struct Generated {
-    pub pem: String,
-    pub record: String,
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// DER length octets.
-fn der_len(n: usize) -> Vec<u8> {
-    match n {
-        0..=127 => vec![n as u8],
-        128..=255 => vec![0x81, n as u8],
-        _ => vec![0x82, (n >> 8) as u8, n as u8],
+impl std::fmt::Debug for Dkim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.keys().fmt(f)
     }
 }
 
-/// SubjectPublicKeyInfo around a PKCS#1 RSAPublicKey: the form `p=` is read as by
-/// every verifier (RFC 6376 §3.6.1 via `openssl rsa -pubout`).
-fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
-    // SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }
-    let alg: &[u8] = &[
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
-    let mut bits = vec![0x03];
-    bits.extend(der_len(pkcs1.len() + 1));
-    bits.push(0);
-    bits.extend_from_slice(pkcs1);
-    let mut out = vec![0x30];
-    out.extend(der_len(alg.len() + bits.len()));
-    out.extend_from_slice(alg);
-    out.extend(bits);
-    out
-}
-
-pub fn generate(alg: Algorithm) -> Result<Generated, DkimError> {
-    use base64::Engine;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let gen_err = |e: mail_auth::Error| DkimError::Generate(e.to_string());
-    match alg {
-        Algorithm::Ed25519 => {
-            let pair =
-                mail_auth::dkim::generate::DkimKeyPair::generate_ed25519().map_err(gen_err)?;
-            Ok(Generated {
-                pem: pem("PRIVATE KEY", pair.private_key()),
-                record: format!("v=DKIM1; k=ed25519; p={}", b64(pair.public_key())),
-            })
+impl Dkim {
+    /// `state` is where rotation switch times are kept (None: not kept, e.g. tests).
+    pub fn new(keys: DkimKeys, state: Option<PathBuf>) -> Dkim {
+        let rotation = rotation::Rotation::new(state);
+        // A key that had taken over before a restart signs from the start (the first
+        // check corrects this if its record has gone since).
+        let since = rotation.state().since;
+        for e in &keys.entries {
+            if since.contains_key(&e.name()) {
+                e.published.store(true, Ordering::Relaxed);
+            }
         }
-        Algorithm::Rsa2048 => {
-            let pair =
-                mail_auth::dkim::generate::DkimKeyPair::generate_rsa(2048).map_err(gen_err)?;
-            Ok(Generated {
-                pem: pem("RSA PRIVATE KEY", pair.private_key()),
-                record: format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki(pair.public_key()))),
-            })
+        Dkim {
+            keys: RwLock::new(Arc::new(keys)),
+            rotation,
         }
     }
-}
 
-/// A TXT record value as zone-file strings of at most 255 octets each.
-pub fn txt_strings(record: &str) -> String {
-    record
-        .as_bytes()
-        .chunks(255)
-        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    pub fn keys(&self) -> Arc<DkimKeys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swap in reloaded keys; a record known to be published stays known.
+    pub fn replace(&self, new: DkimKeys) {
+        let old = self.keys();
+        for e in &new.entries {
+            let was = old.entries.iter().any(|o| {
+                o.name() == e.name() && o.public == e.public && o.published.load(Ordering::Relaxed)
+            });
+            e.published.store(was, Ordering::Relaxed);
+        }
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+    }
+
+    pub fn sign(&self, content: &[u8]) -> Option<Vec<u8>> {
+        self.keys().sign(content)
+    }
+
+    pub fn signs(&self, domain: &str) -> bool {
+        self.keys().signs(domain)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys().is_empty()
+    }
+
+    pub fn rotation(&self) -> &rotation::Rotation {
+        &self.rotation
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 Reads {"messages": [path, ...], "records": {"sel._domainkey.dom": "v=DKIM1; ..."}} or
 {"messages": [...], "dns": "ADDR:PORT"} on stdin; prints [{"signed": bool, "ok": bool,
-"d": str, "a": str}] per message. DNS is the given records, or TXT answers from the
+"d": str, "a": str, "s": str}] per message. DNS is the given records, or TXT answers from the
 server at ADDR:PORT (kdig), e.g. the knotd serving the signed test zone.
 """
 import json
@@ -46,5 +46,6 @@ for path in spec["messages"]:
             print("verify error: %s" % e, file=sys.stderr)
         if d.signature_fields:
             tags = {k.decode(): v.decode() for k, v in d.signature_fields.items()}
-    out.append({"signed": signed, "ok": bool(ok), "d": tags.get("d", ""), "a": tags.get("a", "")})
+    out.append({"signed": signed, "ok": bool(ok), "d": tags.get("d", ""), "a": tags.get("a", ""),
+                "s": tags.get("s", "")})
 json.dump(out, sys.stdout)
