@@ -156,6 +156,16 @@ fn lab(dir: &Path) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
 
 /// The lab, with `extra` zone-file lines (relative names) signed into the zone.
 fn lab_with(dir: &Path, extra: &str) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
+    lab_keys(dir, extra, false)
+}
+
+/// The lab; with `split`, signed by a KSK and a separate ZSK and anchored at the KSK
+/// only (a private zone as enterprises run them), else by one CSK.
+fn lab_keys(
+    dir: &Path,
+    extra: &str,
+    split: bool,
+) -> Option<(Knot, SocketAddr, std::path::PathBuf)> {
     for tool in ["ldns-keygen", "ldns-signzone", "knotd", "kdig"] {
         if !have(tool) {
             step!("missing peer tool", Err(tool));
@@ -166,13 +176,25 @@ fn lab_with(dir: &Path, extra: &str) -> Option<(Knot, SocketAddr, std::path::Pat
         std::net::UdpSocket::bind("127.0.0.53:0").and_then(|s| s.local_addr())
     )
     .port();
-    let csk = run(dir, "ldns-keygen -a ECDSAP256SHA256 -k lab.test");
-    step!("keep key name", std::fs::write(dir.join("csk.name"), &csk));
-    step!("sign zone", sign_zone(dir, &csk, 1, extra));
+    let ksk = run(dir, "ldns-keygen -a ECDSAP256SHA256 -k lab.test");
+    // ldns-signzone takes the key files to sign with; the first is the anchor.
+    let keys = if split {
+        format!(
+            "{ksk} {}",
+            run(dir, "ldns-keygen -a ECDSAP256SHA256 lab.test")
+        )
+    } else {
+        ksk.clone()
+    };
+    step!(
+        "keep key names",
+        std::fs::write(dir.join("csk.name"), &keys)
+    );
+    step!("sign zone", sign_zone(dir, &keys, 1, extra));
     let anchor = dir.join("anchor.dnskey");
     step!(
         "copy anchor",
-        std::fs::copy(dir.join(format!("{csk}.key")), &anchor)
+        std::fs::copy(dir.join(format!("{ksk}.key")), &anchor)
     );
     step!("db dir", std::fs::create_dir_all(dir.join("db")));
     let d = dir.display();
@@ -238,6 +260,32 @@ async fn hickory_validates_the_lab_zone() {
     let Some((_knot, addr, anchor)) = lab(dir.path()) else {
         return;
     };
+    validates_lab(dir.path(), addr, anchor).await;
+}
+
+/// A private zone with a KSK/ZSK split, anchored at its KSK alone (no DS above it):
+/// answers signed by the ZSK are secure, tampered ones bogus.
+#[tokio::test]
+async fn a_private_zone_anchored_at_its_ksk_validates() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some((_knot, addr, anchor)) = lab_keys(dir.path(), "", true) else {
+        return;
+    };
+    let anchor_text = std::fs::read_to_string(&anchor).expect("anchor");
+    assert!(
+        anchor_text.contains("DNSKEY\t257") || anchor_text.contains("DNSKEY 257"),
+        "{anchor_text}"
+    );
+    let signed = std::fs::read_to_string(dir.path().join("lab.test.zone.signed")).expect("zone");
+    assert_eq!(
+        signed.lines().filter(|l| l.contains("\tDNSKEY\t")).count(),
+        2,
+        "KSK and ZSK published: {signed}"
+    );
+    validates_lab(dir.path(), addr, anchor).await;
+}
+
+async fn validates_lab(dir: &Path, addr: SocketAddr, anchor: std::path::PathBuf) {
     let settings = ResolverSettings {
         servers: vec![addr],
         trust_anchor: Some(anchor.clone()),
@@ -282,9 +330,9 @@ async fn hickory_validates_the_lab_zone() {
     assert!(null.route_error.is_some_and(|e| e.contains("null MX")));
 
     // ...and it fails closed with an anchor that does not sign the zone.
-    let other = dir.path().join("other.dnskey");
-    let key = run(dir.path(), "ldns-keygen -a ECDSAP256SHA256 -k lab.test");
-    std::fs::copy(dir.path().join(format!("{key}.key")), &other).expect("copy");
+    let other = dir.join("other.dnskey");
+    let key = run(dir, "ldns-keygen -a ECDSAP256SHA256 -k lab.test");
+    std::fs::copy(dir.join(format!("{key}.key")), &other).expect("copy");
     cfg.dnssec_trust_anchor = Some(other);
     let err = Deliverer::new(&cfg)
         .await

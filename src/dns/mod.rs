@@ -27,6 +27,8 @@ use thiserror::Error;
 
 use crate::tls::dane::Tlsa;
 
+mod anchor;
+
 /// DNSSEC status of an answer (RFC 4035 §4.3; "indeterminate" is folded into insecure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,40 +121,135 @@ pub struct ResolverSettings {
 
 /// hickory-resolver with in-process DNSSEC validation.
 pub struct HickoryResolver {
-    inner: TokioResolver,
+    inner: std::sync::RwLock<TokioResolver>,
+    settings: ResolverSettings,
+    /// Set when the trust anchor is a zone below the root (see `anchor`).
+    anchored: Option<Anchored>,
+}
+
+/// A trust anchor below the root: its zone, the keys from the file, and when its DNSKEY
+/// set is to be authenticated again (None: not yet).
+struct Anchored {
+    zone: hickory_resolver::proto::rr::Name,
+    base: TrustAnchors,
+    next: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+fn build(
+    settings: &ResolverSettings,
+    anchors: Option<TrustAnchors>,
+) -> Result<TokioResolver, DnsError> {
+    let provider = TokioConnectionProvider::default();
+    let mut builder = if settings.servers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| DnsError::Setup(e.to_string()))?
+    } else {
+        let mut config = ResolverConfig::new();
+        for addr in &settings.servers {
+            // UDP first, TCP for truncated answers (signed answers are often large).
+            config.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
+            config.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
+        }
+        TokioResolver::builder_with_config(config, provider)
+    };
+    let mut opts = ResolverOpts::default();
+    opts.validate = true;
+    opts.ndots = 0;
+    opts.edns0 = true;
+    if let Some(t) = settings.timeout {
+        opts.timeout = t;
+    }
+    // Delivery must see fresh answers in tests and after key rolls; hickory's cache
+    // honours TTLs, which is fine for production.
+    *builder.options_mut() = opts;
+    if let Some(anchors) = anchors {
+        builder = builder.with_trust_anchor(Arc::new(anchors));
+    }
+    Ok(builder.build())
+}
+
+/// The owner name of the first DNSKEY line of an anchor file.
+fn anchor_owner(text: &str) -> Option<String> {
+    text.lines()
+        .map(|l| l.split(';').next().unwrap_or(""))
+        .find(|l| {
+            l.split_whitespace()
+                .any(|w| w.eq_ignore_ascii_case("DNSKEY"))
+        })
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
 }
 
 impl HickoryResolver {
     pub fn new(settings: &ResolverSettings) -> Result<Self, DnsError> {
-        let provider = TokioConnectionProvider::default();
-        let mut builder = if settings.servers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| DnsError::Setup(e.to_string()))?
-        } else {
-            let mut config = ResolverConfig::new();
-            for addr in &settings.servers {
-                // UDP first, TCP for truncated answers (signed answers are often large).
-                config.add_name_server(NameServerConfig::new(*addr, Protocol::Udp));
-                config.add_name_server(NameServerConfig::new(*addr, Protocol::Tcp));
+        let mut anchored = None;
+        let anchors = match &settings.trust_anchor {
+            Some(path) => {
+                let anchors = load_trust_anchors(path)?;
+                let owner = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|t| anchor_owner(&t))
+                    .and_then(|o| hickory_resolver::proto::rr::Name::from_ascii(o).ok())
+                    .filter(|n| !n.is_root());
+                anchored = owner.map(|zone| Anchored {
+                    zone,
+                    base: anchors.clone(),
+                    next: tokio::sync::Mutex::new(None),
+                });
+                Some(anchors)
             }
-            TokioResolver::builder_with_config(config, provider)
+            None => None,
         };
-        let mut opts = ResolverOpts::default();
-        opts.validate = true;
-        opts.ndots = 0;
-        opts.edns0 = true;
-        if let Some(t) = settings.timeout {
-            opts.timeout = t;
-        }
-        // Delivery must see fresh answers in tests and after key rolls; hickory's cache
-        // honours TTLs, which is fine for production.
-        *builder.options_mut() = opts;
-        if let Some(path) = &settings.trust_anchor {
-            let anchors = load_trust_anchors(path)?;
-            builder = builder.with_trust_anchor(Arc::new(anchors));
-        }
         Ok(HickoryResolver {
-            inner: builder.build(),
+            inner: std::sync::RwLock::new(build(settings, anchors)?),
+            settings: settings.clone(),
+            anchored,
         })
+    }
+
+    /// The servers to ask for an anchored zone's keys: the configured ones, else the
+    /// system's.
+    fn servers(&self) -> Vec<SocketAddr> {
+        if !self.settings.servers.is_empty() {
+            return self.settings.servers.clone();
+        }
+        let mut out: Vec<SocketAddr> = hickory_resolver::system_conf::read_system_conf()
+            .map(|(c, _)| c.name_servers().iter().map(|n| n.socket_addr).collect())
+            .unwrap_or_default();
+        out.dedup();
+        out
+    }
+
+    /// With an anchor below the root: authenticate the zone's DNSKEY set when due and
+    /// rebuild the resolver trusting every zone key in it. A failure keeps the anchors
+    /// from the file (answers then validate as before: insecure) and is retried soon.
+    async fn refresh_anchor(&self) {
+        let Some(a) = &self.anchored else {
+            return;
+        };
+        let mut next = a.next.lock().await;
+        let now = std::time::Instant::now();
+        if next.is_some_and(|t| now < t) {
+            return;
+        }
+        let timeout = self.settings.timeout.unwrap_or(Duration::from_secs(5));
+        let unix = u32::try_from(crate::types::now_secs()).unwrap_or(u32::MAX);
+        match anchor::expand(&a.zone, &a.base, &self.servers(), timeout, unix).await {
+            Ok(expanded) => {
+                let mut anchors = a.base.clone();
+                for k in &expanded.keys {
+                    anchors.insert(k.public_key());
+                }
+                match build(&self.settings, Some(anchors)) {
+                    Ok(r) => *self.inner.write().unwrap_or_else(|p| p.into_inner()) = r,
+                    Err(e) => tracing::warn!(error = %e, "resolver rebuild failed"),
+                }
+                *next = Some(now + expanded.recheck);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "trust anchor zone keys not authenticated");
+                *next = Some(now + Duration::from_secs(60));
+            }
+        }
     }
 
     /// DNSSEC status of `zone`'s SOA: start-up proof that validation works.
@@ -170,7 +267,9 @@ impl HickoryResolver {
         rtype: RecordType,
     ) -> Result<(Vec<Record>, DnssecStatus), DnsError> {
         let fqdn = format!("{}.", normalise(name));
-        match self.inner.lookup(fqdn.as_str(), rtype).await {
+        self.refresh_anchor().await;
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match inner.lookup(fqdn.as_str(), rtype).await {
             Ok(lookup) => {
                 let records: Vec<Record> = lookup
                     .records()
