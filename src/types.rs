@@ -102,6 +102,10 @@ pub struct Recipient {
     /// rule's name, or `api`); `None` for normal delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portal: Option<String>,
+    /// The sender ruled the portal out (API `"portal": "never"`): a TLS failure defers
+    /// and bounces as if no portal existed. A policy `portal` rule still applies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_portal: bool,
 }
 
 impl Recipient {
@@ -111,6 +115,7 @@ impl Recipient {
             notify: None,
             orcpt: None,
             portal: None,
+            no_portal: false,
         }
     }
 
@@ -193,6 +198,31 @@ pub struct Envelope {
     /// The inbound SMTP session that carried the message (links it to `session_opened`).
     #[serde(default)]
     pub session: String,
+}
+
+impl Envelope {
+    /// Mail phigate writes itself (DSNs, portal notices, TLS reports): one recipient, no
+    /// DSN about it (NOTIFY=NEVER: no bounce loops), from loopback on `listener`.
+    pub fn internal(mail_from: &str, to: &str, helo: &str, listener: &str, now: u64) -> Self {
+        let mut rcpt = Recipient::new(to);
+        rcpt.notify = Some(Notify {
+            never: true,
+            ..Notify::default()
+        });
+        Envelope {
+            mail_from: mail_from.to_string(),
+            params: Default::default(),
+            recipients: vec![rcpt],
+            helo: helo.to_string(),
+            peer_ip: "127.0.0.1".into(),
+            listener: listener.to_string(),
+            auth: None,
+            tls: None,
+            received_at: now,
+            tls_floor: None,
+            session: String::new(),
+        }
+    }
 }
 
 /// Per-recipient delivery state.

@@ -167,6 +167,7 @@ struct Lab {
     badcert: Sink,
     clinic: Sink,
     portal_port: u16,
+    api_port: u16,
 }
 
 fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<Lab> {
@@ -185,6 +186,7 @@ fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<L
     );
     let clinic = Sink::start(work.path(), "clinic", Some((&mx_pki.cert, &mx_pki.key)));
     let portal_port = free_port();
+    let api_port = free_port();
     let (hook_port, hooks) = http_receiver(|_| "200 OK");
     let secret = work.path().join("hook.secret");
     std::fs::write(&secret, "portal-hook-secret\n").expect("hook secret");
@@ -211,7 +213,8 @@ fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<L
     opts.server_extra += &format!(
         "\n[portal]\nlisten = \"127.0.0.1:{portal_port}\"\npublic_url = \"https://127.0.0.1:{portal_port}\"\n\
          organization = \"Test Clinic\"\nlink_ttl = \"{link_ttl}\"\nmax_code_attempts = 5\n\
-         {template_line}\n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"{}\"\n",
+         {template_line}\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+         \n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"{}\"\n",
         secret.display()
     );
     opts.policy = policy.map(str::to_string);
@@ -225,6 +228,7 @@ fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<L
         badcert,
         clinic,
         portal_port,
+        api_port,
     })
 }
 
@@ -739,4 +743,69 @@ fn a_notification_with_dlp_findings_is_never_sent() {
     let log = lab.gw.log();
     assert!(log.contains("alert=\"portal_notice_refused\""), "{log}");
     assert!(!log.contains("8901"), "the finding's value is logged");
+}
+
+/// API `"portal": "never"`: a recipient whose MX lacks STARTTLS is deferred with a TLS
+/// reason and gets nothing, while the same request with `"auto"` falls back to the
+/// portal (a notification, a portal row).
+#[test]
+fn api_portal_never_defers_instead_of_falling_back() {
+    let Some(lab) = lab("1h", None, None) else {
+        return;
+    };
+    let gw = &lab.gw;
+    let key = gw
+        .cli_ok(&["api-key", "create", "app", "--scope", "send,read"])
+        .trim()
+        .to_string();
+    let send = |to: &str, portal: &str| {
+        let body = json!({
+            "from": "dr@clinic.test", "to": [to], "subject": "Lab result",
+            "text": format!("Result {CANARY}"), "portal": portal,
+        });
+        let out = common::run_python(
+            &peers_dir().join("api_client.py"),
+            &json!({"port": lab.api_port, "host": common::HOSTNAME, "ca": gw.pki.ca,
+                    "requests": [{"method": "POST", "path": "/v1/messages", "key": key, "body": body}]}),
+        );
+        assert_eq!(out[0]["status"], 202, "{out}");
+        out[0]["body"]["id"].as_str().expect("id").to_string()
+    };
+    let never = send("pat@plain.test", "never");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let shown = gw.cli_json(&["queue", "show", &never]);
+        if shown["summary"]["recipients"][0]["state"] == "deferred" {
+            break shown["recipients"][0].to_string();
+        }
+        assert!(Instant::now() < deadline, "never deferred: {shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(reason.contains("4.7."), "deferred for TLS: {reason}");
+    let auto = send("kim@plain.test", "auto");
+    let (notice, _) = lab.plain.wait(1);
+    assert_no_canary("the notification", &notice);
+    let rows = gw.cli_json(&["portal", "list"]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    let shown = gw.cli_json(&["queue", "show", &auto]);
+    assert_eq!(
+        shown["summary"]["recipients"][0]["state"], "portal",
+        "{shown}"
+    );
+    // A retry of the "never" message still does not reach the portal.
+    gw.cli_ok(&["queue", "retry", &never]);
+    std::thread::sleep(Duration::from_secs(2));
+    let shown = gw.cli_json(&["queue", "show", &never]);
+    assert_eq!(
+        shown["summary"]["recipients"][0]["state"], "deferred",
+        "{shown}"
+    );
+    assert!(
+        !lab.plain.dir.join("2.json").exists(),
+        "a second notification went out"
+    );
+    assert_eq!(
+        gw.cli_json(&["portal", "list"]).as_array().map(Vec::len),
+        Some(1)
+    );
 }

@@ -55,8 +55,9 @@ pub struct SendRequest {
     #[schema(value_type = Option<String>, example = "verify")]
     pub tls: Option<TlsLevel>,
     /// `always`: every recipient gets the message through the secure portal (422
-    /// portal-unavailable without a `[portal]`); `auto` (default) and `never`: SMTP, with
-    /// the gateway's `on_tls_failure` fallback.
+    /// portal-unavailable without a `[portal]`); `auto` (default): SMTP, with the
+    /// gateway's `on_tls_failure` fallback; `never`: SMTP only, a TLS failure defers
+    /// and bounces (a policy `portal` rule still applies).
     #[serde(default)]
     pub portal: PortalMode,
     /// An admin template (`[api] templates_dir`) for subject, text and html.

@@ -126,8 +126,10 @@ pub async fn submit(
         });
         if refused.is_none() {
             let mut r = Recipient::new(addr.as_str());
-            if req.portal == PortalMode::Always {
-                r.portal = Some("api".into());
+            match req.portal {
+                PortalMode::Always => r.portal = Some("api".into()),
+                PortalMode::Never => r.no_portal = true,
+                PortalMode::Auto => {}
             }
             accepted.push(r);
         }

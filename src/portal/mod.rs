@@ -17,7 +17,7 @@ use crate::policy::ActivePolicy;
 use crate::services::Services;
 use crate::spool::{Op, RecipientState, Spool, SpoolError, StateTag, Tree};
 use crate::templates::Templates;
-use crate::types::{Envelope, MessageId, Notify, Recipient, TlsLevel};
+use crate::types::{Envelope, MessageId, Recipient, TlsLevel};
 use record::{by_message_key, entry_key, token_key};
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::Mutex;
@@ -456,25 +456,14 @@ impl Portal {
     ) -> Result<(MessageId, Vec<Op>), PortalError> {
         let id = MessageId::new();
         let env = Envelope {
-            mail_from: self.from.clone(),
-            params: Default::default(),
-            recipients: vec![Recipient {
-                address: to.to_string(),
-                notify: Some(Notify {
-                    never: true,
-                    ..Notify::default()
-                }),
-                orcpt: None,
-                portal: None,
-            }],
-            helo: self.hostname.clone(),
-            peer_ip: "127.0.0.1".into(),
-            listener: crate::types::NOTICE_LISTENER.into(),
-            auth: None,
-            tls: None,
-            received_at: self.services.now(),
-            tls_floor: None,
             session: format!("portal:{portal}"),
+            ..Envelope::internal(
+                &self.from,
+                to,
+                &self.hostname,
+                crate::types::NOTICE_LISTENER,
+                self.services.now(),
+            )
         };
         let ops = self.services.spool.enqueue_ops(
             id,

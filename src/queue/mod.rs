@@ -123,6 +123,9 @@ impl Queue {
         if let Some(why) = &rcpt.portal {
             return Some(why.clone());
         }
+        if rcpt.no_portal {
+            return None;
+        }
         let after = self.settings.portal_after?;
         // Notices and TLS reports carry no PHI: they never need the portal.
         if env.listener == crate::types::NOTICE_LISTENER
@@ -639,25 +642,14 @@ impl Queue {
         .into_bytes();
         content.extend_from_slice(&body);
         let dsn_env = Envelope {
-            mail_from: String::new(),
-            params: Default::default(),
-            recipients: vec![Recipient {
-                address: env.mail_from.clone(),
-                notify: Some(Notify {
-                    never: true,
-                    ..Notify::default()
-                }),
-                orcpt: None,
-                portal: None,
-            }],
-            helo: self.settings.hostname.clone(),
-            peer_ip: "127.0.0.1".into(),
-            listener: "dsn".into(),
-            auth: None,
-            tls: None,
-            received_at: self.services.now(),
             tls_floor: env.tls_floor,
-            session: String::new(),
+            ..Envelope::internal(
+                "",
+                &env.mail_from,
+                &self.settings.hostname,
+                "dsn",
+                self.services.now(),
+            )
         };
         let event = AuditEvent::dsn_sent(id, dsn_id, &env.mail_from, rcpts.len());
         self.services

@@ -30,7 +30,7 @@ use crate::services::{Clock, Services};
 use crate::spool::{Op, RecipientState, Store, Tree};
 use crate::tls::https::{HttpsClient, Resolve};
 use crate::tls::rpt::{self, Rua};
-use crate::types::{Envelope, MessageId, Notify, Recipient};
+use crate::types::{Envelope, MessageId};
 use aggregate::Aggregate;
 
 const AGG_PREFIX: &str = "tlsrpt/agg/";
@@ -396,27 +396,13 @@ impl TlsRpt {
         let content =
             report::mail(&m, &self.settings, gz).map_err(|e| format!("mailto:{to}: {e}"))?;
         let now = self.services.now();
-        let env = Envelope {
-            mail_from: self.settings.from.clone(),
-            params: Default::default(),
-            recipients: vec![Recipient {
-                address: to.to_string(),
-                notify: Some(Notify {
-                    never: true,
-                    ..Notify::default()
-                }),
-                orcpt: None,
-                portal: None,
-            }],
-            helo: self.hostname.clone(),
-            peer_ip: "127.0.0.1".into(),
-            listener: REPORT_LISTENER.into(),
-            auth: None,
-            tls: None,
-            received_at: now,
-            tls_floor: None,
-            session: String::new(),
-        };
+        let env = Envelope::internal(
+            &self.settings.from,
+            to,
+            &self.hostname,
+            REPORT_LISTENER,
+            now,
+        );
         self.services
             .spool
             .enqueue(
