@@ -168,7 +168,13 @@ struct Lab {
     clinic: Sink,
     portal_port: u16,
     api_port: u16,
+    /// The TXT record of the key that signs mail From clinic.test (notices included).
+    dkim: (String, String),
 }
+
+/// A 1x1 PNG: the organisation's logo on the pages.
+const LOGO_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
 
 fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<Lab> {
     if !require_tool("python3") || !require_tool("curl") {
@@ -198,6 +204,13 @@ fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<L
         }
         None => String::new(),
     };
+    use base64::Engine;
+    let logo = work.path().join("logo.png");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(LOGO_PNG)
+        .expect("png");
+    std::fs::write(&logo, png).expect("logo");
+    let dkim_key = work.path().join("clinic.p1.key");
     let mut opts = GwOpts::spool();
     opts.delivery = Some(format!(
         "mode = \"mx\"\ntls_level = \"verify\"\nextra_ca_file = \"{ca}\"\nconnect_timeout = \"5s\"\n\
@@ -213,12 +226,30 @@ fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<L
     opts.server_extra += &format!(
         "\n[portal]\nlisten = \"127.0.0.1:{portal_port}\"\npublic_url = \"https://127.0.0.1:{portal_port}\"\n\
          organization = \"Test Clinic\"\nlink_ttl = \"{link_ttl}\"\nmax_code_attempts = 5\n\
-         {template_line}\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+         from = \"secure@clinic.test\"\nlogo_file = \"{logo}\"\n\
+         {template_line}\n[[dkim]]\ndomain = \"clinic.test\"\nselector = \"p1\"\nkey_file = \"{key}\"\n\
+         \n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
          \n[[webhook]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nsecret_file = \"{}\"\n",
-        secret.display()
+        secret.display(),
+        logo = logo.display(),
+        key = dkim_key.display(),
     );
     opts.policy = policy.map(str::to_string);
     let mut gw = Gateway::configure(opts);
+    let out = gw.cli_ok(&[
+        "dkim",
+        "generate",
+        "clinic.test",
+        "--selector",
+        "p1",
+        "--algorithm",
+        "ed25519",
+        "--key-file",
+        &dkim_key.display().to_string(),
+    ]);
+    let (name, record) = out.trim().split_once(" IN TXT ").expect("record");
+    let record: String = record.split('"').skip(1).step_by(2).collect();
+    let dkim = (name.trim_end_matches('.').to_string(), record);
     gw.launch();
     Some(Lab {
         gw,
@@ -229,6 +260,7 @@ fn lab(link_ttl: &str, policy: Option<&str>, template: Option<&str>) -> Option<L
         clinic,
         portal_port,
         api_port,
+        dkim,
     })
 }
 
@@ -281,6 +313,18 @@ fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
         assert!(!text_of(n).contains("labs.txt"));
         assert_eq!(subject_of(n), "Secure message from Test Clinic");
     }
+    // The notice is DKIM-signed for the portal's From domain (dkimpy verifies it).
+    let signed = lab.work.path().join("notice.eml");
+    std::fs::write(&signed, &n1).expect("notice");
+    let v = run_python(
+        &peers_dir().join("dkim_verify.py"),
+        &json!({"messages": [signed], "records": {lab.dkim.0.clone(): lab.dkim.1.clone()}}),
+    );
+    assert_eq!(
+        (v[0]["ok"].clone(), v[0]["d"].clone()),
+        (json!(true), json!("clinic.test")),
+        "{v}"
+    );
     let link = link_of(&n1);
     let base = format!("https://127.0.0.1:{}", lab.portal_port);
     assert!(link.starts_with(&format!("{base}/m/")), "{link}");
@@ -294,6 +338,19 @@ fn unreachable_recipients_get_a_notice_and_pick_up_over_https() {
     let pat = Browser::new(lab.work.path(), &gw.pki.ca, "pat");
     let landing = pat.go(&link, None);
     assert_eq!(landing.status, 200, "{}", landing.text());
+    // The organisation's logo from config, on the page and served as it was given.
+    use base64::Engine;
+    assert!(landing
+        .text()
+        .contains("<img src=\"/static/logo\" alt=\"Test Clinic logo\""));
+    let logo = pat.go(&format!("{base}/static/logo"), None);
+    assert_eq!(logo.header("content-type").as_deref(), Some("image/png"));
+    assert_eq!(
+        logo.body,
+        base64::engine::general_purpose::STANDARD
+            .decode(LOGO_PNG)
+            .expect("png")
+    );
     assert_no_canary("the landing page", &landing.body);
     assert!(!landing.text().contains("pat@plain.test"));
     let csp = landing
@@ -638,7 +695,7 @@ fn pages_work_in_a_real_browser_and_hostile_html_runs_nothing() {
         {"text": "#body"},                                             // 6
         {"alert": true},                                               // 7
         {"eval": "return typeof window.__pwned"},                      // 8
-        {"count": "script, iframe, img, style, meta[http-equiv], form[action*=evil]"}, // 9
+        {"count": "script, iframe, #body img, style, meta[http-equiv], form[action*=evil]"}, // 9
         {"attr": "#body a", "name": "href"},                           // 10
         {"cookies": true},                                             // 11
         {"attr": "ul.attachments a", "name": "href"},                  // 12
@@ -808,4 +865,25 @@ fn api_portal_never_defers_instead_of_falling_back() {
         gw.cli_json(&["portal", "list"]).as_array().map(Vec::len),
         Some(1)
     );
+}
+
+/// The portal's certificate (here the listeners' `[tls]` one) is reloaded on SIGHUP.
+#[test]
+fn sighup_reloads_the_portal_certificate() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let Some(lab) = lab("30d", None, None) else {
+        return;
+    };
+    let gw = &lab.gw;
+    let old = served_fingerprint(lab.portal_port, &gw.pki.ca);
+    assert_eq!(old, pem_fingerprint(&gw.pki.cert));
+    let (cert, key) = gw.pki.new_server_cert();
+    std::fs::write(&gw.pki.key, key).expect("write key");
+    std::fs::write(&gw.pki.cert, cert).expect("write cert");
+    let new = pem_fingerprint(&gw.pki.cert);
+    assert_ne!(new, old);
+    gw.cli_ok(&["reload"]);
+    assert_eq!(served_fingerprint(lab.portal_port, &gw.pki.ca), new);
 }
