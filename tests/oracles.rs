@@ -48,6 +48,13 @@ fn stored_records_open_and_verify_with_an_independent_implementation() {
     let mut ids = vec![gw.send_eml(&simple_message(&format!("oracle 0 {tag}")))];
     gw.cli_ok(&["keys", "rotate"]);
     ids.push(gw.send_eml(&simple_message(&format!("oracle 1 {tag}"))));
+    // Large enough for a blob file instead of a record.
+    let mut big = simple_message(&format!("oracle 2 {tag}"));
+    for _ in 0..400 {
+        big.extend_from_slice(&[b'y'; 998]);
+        big.extend_from_slice(b"\r\n");
+    }
+    ids.push(gw.send_eml(&big));
     gw.wait_drained(Duration::from_secs(60));
     gw.stop();
 
@@ -57,11 +64,17 @@ fn stored_records_open_and_verify_with_an_independent_implementation() {
     let mut messages = Vec::new();
     for id in &ids {
         let key = id.parse::<MessageId>().expect("message ID").0.to_bytes();
+        let blob = gw
+            .data
+            .join("spool")
+            .join("blobs")
+            .join(format!("{id}.blob"));
         messages.push(json!({
             "id": id,
             "wrap": raw(store, Tree::Wraps, &key),
             "content": raw(store, Tree::Messages, &key),
             "envelope": raw(store, Tree::Envelopes, &key),
+            "blob": blob.exists().then(|| blob.display().to_string()),
         }));
     }
     let mut audit = Vec::new();
@@ -77,6 +90,10 @@ fn stored_records_open_and_verify_with_an_independent_implementation() {
             .expect("read audit_meta")
             .map(|v| String::from_utf8(v).expect("marker is JSON text"))
     };
+    assert!(
+        messages[0]["blob"].is_null() && messages[2]["blob"].is_string(),
+        "small content in the store, large in a blob file: {messages:?}"
+    );
     let spec = json!({
         "keyring": gw.key_file,
         "messages": messages,

@@ -363,7 +363,7 @@ impl Portal {
             attachments,
         };
         let spool = &self.services.spool;
-        let mut ops = spool.copy_ops(&id, &copy_env, content.to_vec());
+        let mut ops = spool.copy_ops(&id, &copy_env, content.to_vec())?;
         ops.push(Op::Put(
             Tree::Meta,
             token_key(&entry.token_hash),

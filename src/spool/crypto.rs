@@ -70,6 +70,16 @@ impl DataKey {
         DataKey { id, key }
     }
 
+    /// The key bytes, for deriving the blob chunk key.
+    pub(super) fn bytes(&self) -> &[u8] {
+        self.key.as_ref()
+    }
+
+    /// The key's ID (bound into every record and chunk it seals).
+    pub(super) fn id(&self) -> &[u8] {
+        &self.id
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.key.as_ref()))
     }

@@ -128,6 +128,7 @@ impl Spool {
             .into_iter()
             .filter(|(_, s)| s.done_at.is_some_and(|d| d < cutoff))
             .collect();
+        let mut shredded = Vec::new();
         for (id, s) in &old {
             let key = id_bytes(id).to_vec();
             let mut ops: Vec<Op> = [
@@ -144,9 +145,11 @@ impl Spool {
                 ops.push(Op::Delete(Tree::Schedule, schedule_key(at, &id_bytes(id))));
             }
             self.store.commit(&ops)?;
+            shredded.extend(ops);
         }
         if !old.is_empty() {
             self.durable().await?;
+            self.remove_shredded_blobs(&shredded);
         }
         Ok(old.len())
     }

@@ -5,6 +5,7 @@
 //! atomically to a [`Store`] and flushed with group commit before `enqueue` returns.
 //! In clear on disk: message IDs, state tags, times, counters and key IDs. Nothing else.
 
+pub mod blob;
 pub mod crypto;
 pub mod group_commit;
 pub mod keys;
@@ -118,6 +119,8 @@ pub struct Spool {
     commit: GroupCommit,
     /// The directory on disk, for free-space checks (None for other stores).
     dir: Option<std::path::PathBuf>,
+    /// Files for content over `blob::INLINE_MAX` (None for other stores: all inline).
+    blobs: Option<blob::Blobs>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -142,6 +145,19 @@ impl Spool {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
         let mut spool = Self::with_store(store, keyring)?;
         spool.dir = Some(dir.to_path_buf());
+        let blobs = blob::Blobs::open(dir)?;
+        // A crash between a blob write and its records' commit leaves an orphan; a
+        // shredded message's file may have outlived its key. Neither is readable.
+        let store = spool.store.clone();
+        let removed = blobs.sweep(|id| {
+            store
+                .get(Tree::Wraps, &id_bytes(id))
+                .map_or(true, |w| w.is_some())
+        })?;
+        if removed > 0 {
+            tracing::info!(files = removed, "removed unreferenced blob files");
+        }
+        spool.blobs = Some(blobs);
         Ok(spool)
     }
 
@@ -159,6 +175,7 @@ impl Spool {
             keyring: RwLock::new(Arc::new(keyring)),
             commit: GroupCommit::default(),
             dir: None,
+            blobs: None,
         })
     }
 
@@ -181,6 +198,23 @@ impl Spool {
 
     /// Commit `ops` together with `attach`'s writes in one atomic batch; durable on return.
     pub async fn commit_attached(
+        &self,
+        ops: Vec<Op>,
+        attach: &dyn Attach,
+    ) -> Result<(), SpoolError> {
+        let shreds: Vec<Op> = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Delete(Tree::Wraps, _)))
+            .cloned()
+            .collect();
+        let res = self.commit_attached_inner(ops, attach).await;
+        if res.is_ok() {
+            self.remove_shredded_blobs(&shreds);
+        }
+        res
+    }
+
+    async fn commit_attached_inner(
         &self,
         ops: Vec<Op>,
         attach: &dyn Attach,
@@ -301,9 +335,14 @@ impl Spool {
     /// The writes that store a sealed copy of a message (its own data key, envelope and
     /// content) under `id` with no queue row: the portal's copy, which the scheduler
     /// never sees. `keys list` counts it and `keys rewrap` rewraps it like any message.
-    pub fn copy_ops(&self, id: &MessageId, env: &Envelope, content: Vec<u8>) -> Vec<Op> {
+    pub fn copy_ops(
+        &self,
+        id: &MessageId,
+        env: &Envelope,
+        content: Vec<u8>,
+    ) -> Result<Vec<Op>, SpoolError> {
         let env_json = Zeroizing::new(serde_json::to_vec(env).unwrap_or_default());
-        sealed_ops(
+        self.sealed_ops(
             &self.keyring(),
             &DataKey::generate(),
             id,
@@ -376,7 +415,7 @@ impl Spool {
         };
         summary.update_from(&states, now);
         let states_json = Zeroizing::new(serde_json::to_vec(&states).unwrap_or_default());
-        let mut ops = sealed_ops(&ring, &dk, &id, &env_json, content);
+        let mut ops = self.sealed_ops(&ring, &dk, &id, &env_json, content)?;
         ops.push(Op::Put(
             Tree::Queue,
             key.to_vec(),
@@ -430,12 +469,26 @@ impl Spool {
         let dk = self.data_key(id)?;
         let env = self.open_record(&dk, id, Tree::Envelopes, RecordKind::Envelope)?;
         let env = Self::decode_envelope(id, &env)?;
-        // Decrypted in the buffer read from the store: one copy of the content, not three.
-        let blob = self
+        let record = self
             .store
             .get(Tree::Messages, &id_bytes(id))?
             .ok_or(SpoolError::Tampered { id: *id })?;
-        let mut content = crypto::open_owned(&dk, id, RecordKind::Content, blob)
+        if record.is_empty() {
+            // The content is in its blob file (a sealed record is never empty).
+            let blobs = self
+                .blobs
+                .as_ref()
+                .ok_or(SpoolError::Tampered { id: *id })?;
+            return match blobs.read(id, &dk) {
+                Ok(content) => Ok((env, content)),
+                Err(blob::BlobError::Io(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(SpoolError::Io(e))
+                }
+                Err(_) => Err(SpoolError::Tampered { id: *id }),
+            };
+        }
+        // Decrypted in the buffer read from the store: one copy of the content, not three.
+        let mut content = crypto::open_owned(&dk, id, RecordKind::Content, record)
             .map_err(|_| SpoolError::Tampered { id: *id })?;
         Ok((env, std::mem::take(&mut *content)))
     }
@@ -606,32 +659,56 @@ impl Spool {
 
 /// The writes that crypto-shred `id`: its data key, content, envelope, quarantine entry
 /// and schedule entry go; its clear summary stays, marked shredded at `now`.
-/// Data key, content and envelope of one message, sealed under `dk`.
-fn sealed_ops(
-    ring: &Keyring,
-    dk: &DataKey,
-    id: &MessageId,
-    env_json: &[u8],
-    content: Vec<u8>,
-) -> Vec<Op> {
-    let key = id_bytes(id);
-    vec![
-        Op::Put(
-            Tree::Wraps,
-            key.to_vec(),
-            crypto::wrap(ring.current(), id, dk),
-        ),
-        Op::Put(
-            Tree::Messages,
-            key.to_vec(),
-            crypto::seal_owned(dk, id, RecordKind::Content, content),
-        ),
-        Op::Put(
-            Tree::Envelopes,
-            key.to_vec(),
-            crypto::seal(dk, id, RecordKind::Envelope, env_json),
-        ),
-    ]
+impl Spool {
+    /// Data key, content and envelope of one message, sealed under `dk`. Content over
+    /// `blob::INLINE_MAX` is written (durably) to its blob file first and its record in
+    /// the store is left empty.
+    fn sealed_ops(
+        &self,
+        ring: &Keyring,
+        dk: &DataKey,
+        id: &MessageId,
+        env_json: &[u8],
+        content: Vec<u8>,
+    ) -> Result<Vec<Op>, SpoolError> {
+        let key = id_bytes(id);
+        let record = match &self.blobs {
+            Some(blobs) if content.len() > blob::INLINE_MAX => {
+                // Wiped when dropped: the plaintext does not linger in freed memory.
+                let content = Zeroizing::new(content);
+                blobs.write(id, dk, &content)?;
+                Vec::new()
+            }
+            _ => crypto::seal_owned(dk, id, RecordKind::Content, content),
+        };
+        Ok(vec![
+            Op::Put(
+                Tree::Wraps,
+                key.to_vec(),
+                crypto::wrap(ring.current(), id, dk),
+            ),
+            Op::Put(Tree::Messages, key.to_vec(), record),
+            Op::Put(
+                Tree::Envelopes,
+                key.to_vec(),
+                crypto::seal(dk, id, RecordKind::Envelope, env_json),
+            ),
+        ])
+    }
+
+    /// After a commit: blob files of messages whose data key `ops` deleted (shredded).
+    fn remove_shredded_blobs(&self, ops: &[Op]) {
+        let Some(blobs) = &self.blobs else {
+            return;
+        };
+        for op in ops {
+            if let Op::Delete(Tree::Wraps, key) = op {
+                if let Some(id) = id_from(key) {
+                    blobs.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 fn shred_ops(id: &MessageId, mut summary: QueueSummary, now: u64) -> Vec<Op> {

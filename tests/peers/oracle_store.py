@@ -3,7 +3,7 @@
 
 Implements docs/storage-format.md with Python's `cryptography` package, nothing from
 phigate: reads the keyring file, unwraps a message's data key, opens its sealed content
-and envelope, and walks the audit chain (HMAC, hash links, head marker, sealed person
+(a record, or a chunked blob file for large messages) and envelope, and walks the audit chain (HMAC, hash links, head marker, sealed person
 fields). Input: JSON on stdin (raw rows as hex, from the test). Output: JSON on stdout.
 Exits non-zero with a message on the first check that fails.
 """
@@ -77,6 +77,40 @@ def open_record(dk_id, dk, msg_id, kind, blob):
     return plain
 
 
+def open_blob(dk_id, dk, msg_id, path):
+    """Content over the inline limit: the chunked file of docs/storage-format.md."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != b"PHGBLOB1":
+        fail("blob: bad magic")
+    chunk, count, length = struct.unpack(">IIQ", data[8:24])
+    key = hmac.new(dk, b"phigate blob chunk key v1", hashlib.sha256).digest()
+    aes = AESGCM(key)
+    out, pos = b"", 32
+    for i in range(count):
+        n = min(chunk, length - i * chunk)
+        ct = data[pos : pos + n + 16]
+        pos += n + 16
+        nonce = struct.pack(">I", i) + bytes(8)
+        aad = b"phigate-blob-chunk-v1" + msg_id + dk_id + struct.pack(">II", i, count)
+        try:
+            out += aes.decrypt(nonce, ct, aad)
+        except InvalidTag:
+            fail(f"blob chunk {i}: AES-256-GCM authentication failed with the documented AAD")
+        if i > 0:
+            # Bound to its index: the previous chunk's nonce and AAD must not open it.
+            prev = struct.pack(">I", i - 1) + bytes(8)
+            paad = b"phigate-blob-chunk-v1" + msg_id + dk_id + struct.pack(">II", i - 1, count)
+            try:
+                aes.decrypt(prev, ct, paad)
+                fail(f"blob chunk {i}: opened as chunk {i - 1}")
+            except InvalidTag:
+                pass
+    if pos != len(data) or len(out) != length:
+        fail("blob: length does not match the header")
+    return out
+
+
 def audit_keys(master):
     def derive(info):
         return HKDF(
@@ -147,7 +181,12 @@ def main():
     for m in spec["messages"]:
         msg_id = ulid_bytes(m["id"])
         dk_id, dk = unwrap(keys, msg_id, bytes.fromhex(m["wrap"]))
-        content = open_record(dk_id, dk, msg_id, 1, bytes.fromhex(m["content"]))
+        if m.get("blob"):
+            if m["content"] != "":
+                fail("a blob message must have an empty content row")
+            content = open_blob(dk_id, dk, msg_id, m["blob"])
+        else:
+            content = open_record(dk_id, dk, msg_id, 1, bytes.fromhex(m["content"]))
         envelope = open_record(dk_id, dk, msg_id, 2, bytes.fromhex(m["envelope"]))
         out["messages"][m["id"]] = {
             "content": content.decode("utf-8", "replace"),
