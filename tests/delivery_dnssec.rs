@@ -341,6 +341,18 @@ async fn validates_lab(dir: &Path, addr: SocketAddr, anchor: std::path::PathBuf)
     assert!(err.to_string().contains("DNSSEC"), "{err}");
 }
 
+/// Fill the lab's server address and anchor into a config written with the
+/// `DNSADDR` and `ANCHOR` placeholders.
+fn point_at_lab(gw: &common::Gateway, addr: SocketAddr, anchor: &Path) {
+    let cfg = std::fs::read_to_string(&gw.config).expect("config");
+    std::fs::write(
+        &gw.config,
+        cfg.replace("DNSADDR", &addr.to_string())
+            .replace("ANCHOR", &anchor.display().to_string()),
+    )
+    .expect("config");
+}
+
 /// `phigate dkim check` against the signed lab zone: one selector published with its key
 /// (ok, DNSSEC secure), one published with another key (mismatch, exit 1); and dkimpy
 /// verifies a signed sandbox copy against the record served by knotd.
@@ -391,13 +403,7 @@ fn dkim_records_in_the_signed_zone() {
     let Some((_knot, addr, anchor)) = lab_with(dir.path(), &extra) else {
         return;
     };
-    let cfg = std::fs::read_to_string(&gw.config).expect("config");
-    std::fs::write(
-        &gw.config,
-        cfg.replace("DNSADDR", &addr.to_string())
-            .replace("ANCHOR", &anchor.display().to_string()),
-    )
-    .expect("config");
+    point_at_lab(&gw, addr, &anchor);
     let out = gw.cli(&["dkim", "check", "lab.test"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -622,13 +628,7 @@ fn tlsrpt_reports_by_https_and_mail() {
     let Some((_knot, addr, anchor)) = lab_with(dir.path(), &extra) else {
         return;
     };
-    let cfg = std::fs::read_to_string(&gw.config).expect("config");
-    std::fs::write(
-        &gw.config,
-        cfg.replace("DNSADDR", &addr.to_string())
-            .replace("ANCHOR", &anchor.display().to_string()),
-    )
-    .expect("config");
+    point_at_lab(&gw, addr, &anchor);
 
     // The peers: three MX hosts on one port at three loopback addresses, and the HTTPS
     // report receiver.
@@ -939,13 +939,7 @@ fn dkim_rotation_switches_once_the_record_is_published() {
     let Some((_knot, addr, anchor)) = lab_with(dir.path(), &k1_line) else {
         return;
     };
-    let cfg = std::fs::read_to_string(&gw.config).expect("config");
-    std::fs::write(
-        &gw.config,
-        cfg.replace("DNSADDR", &addr.to_string())
-            .replace("ANCHOR", &anchor.display().to_string()),
-    )
-    .expect("config");
+    point_at_lab(&gw, addr, &anchor);
     gw.launch();
     let mail = |n: u32| {
         format!(
