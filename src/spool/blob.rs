@@ -150,41 +150,9 @@ impl Blobs {
 
     /// Open and authenticate `id`'s content.
     pub fn read(&self, id: &MessageId, dk: &DataKey) -> Result<Vec<u8>, BlobError> {
-        let mut f = File::open(self.path(id))?;
-        let mut header = [0u8; HEADER_LEN];
-        f.read_exact(&mut header).map_err(|_| BlobError::Auth)?;
-        let field = |r: std::ops::Range<usize>| header.get(r).unwrap_or_default();
-        let u32_at = |r| u32::from_be_bytes(field(r).try_into().unwrap_or_default());
-        if field(0..8) != MAGIC || u32_at(8..12) as usize != CHUNK {
-            return Err(BlobError::Auth);
-        }
-        let count = u32_at(12..16);
-        let len = u64::from_be_bytes(field(16..24).try_into().unwrap_or_default());
-        let len = usize::try_from(len).map_err(|_| BlobError::Auth)?;
-        // The length is checked against the file before anything is allocated for it.
-        let expect = HEADER_LEN as u64 + len as u64 + u64::from(count) * TAG_LEN as u64;
-        if chunks_for(len) != Some(count) || f.metadata()?.len() != expect {
-            return Err(BlobError::Auth);
-        }
-        let cipher = chunk_cipher(dk);
-        let mut content = vec![0u8; len];
-        let mut tag = [0u8; TAG_LEN];
-        for index in 0..count {
-            let start = index as usize * CHUNK;
-            let end = (start + CHUNK).min(len);
-            let chunk = &mut content[start..end];
-            f.read_exact(chunk).map_err(|_| BlobError::Auth)?;
-            f.read_exact(&mut tag).map_err(|_| BlobError::Auth)?;
-            cipher
-                .decrypt_in_place_detached(
-                    Nonce::from_slice(&nonce(index)),
-                    &aad(id, dk, index, count),
-                    chunk,
-                    Tag::from_slice(&tag),
-                )
-                .map_err(|_| BlobError::Auth)?;
-        }
-        Ok(content)
+        let f = File::open(self.path(id))?;
+        let len = f.metadata()?.len();
+        decode(f, len, id, dk)
     }
 
     /// Remove `id`'s file (gone already is fine).
@@ -213,6 +181,52 @@ impl Blobs {
         }
         Ok(removed)
     }
+}
+
+/// Authenticate and decrypt a blob of `file_len` bytes read from `f` (a file, or bytes
+/// under test). The header's length is checked against `file_len` before anything is
+/// allocated for it, so a forged header cannot make phigate allocate.
+pub fn decode(
+    mut f: impl Read,
+    file_len: u64,
+    id: &MessageId,
+    dk: &DataKey,
+) -> Result<Vec<u8>, BlobError> {
+    let mut header = [0u8; HEADER_LEN];
+    f.read_exact(&mut header).map_err(|_| BlobError::Auth)?;
+    let field = |r: std::ops::Range<usize>| header.get(r).unwrap_or_default();
+    let u32_at = |r| u32::from_be_bytes(field(r).try_into().unwrap_or_default());
+    if field(0..8) != MAGIC || u32_at(8..12) as usize != CHUNK {
+        return Err(BlobError::Auth);
+    }
+    let count = u32_at(12..16);
+    let len = u64::from_be_bytes(field(16..24).try_into().unwrap_or_default());
+    let expect = (HEADER_LEN as u64)
+        .checked_add(len)
+        .and_then(|n| n.checked_add(u64::from(count) * TAG_LEN as u64));
+    let len = usize::try_from(len).map_err(|_| BlobError::Auth)?;
+    if chunks_for(len) != Some(count) || expect != Some(file_len) {
+        return Err(BlobError::Auth);
+    }
+    let cipher = chunk_cipher(dk);
+    let mut content = vec![0u8; len];
+    let mut tag = [0u8; TAG_LEN];
+    for index in 0..count {
+        let start = index as usize * CHUNK;
+        let end = (start + CHUNK).min(len);
+        let chunk = &mut content[start..end];
+        f.read_exact(chunk).map_err(|_| BlobError::Auth)?;
+        f.read_exact(&mut tag).map_err(|_| BlobError::Auth)?;
+        cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce(index)),
+                &aad(id, dk, index, count),
+                chunk,
+                Tag::from_slice(&tag),
+            )
+            .map_err(|_| BlobError::Auth)?;
+    }
+    Ok(content)
 }
 
 #[cfg(test)]
