@@ -68,7 +68,9 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // phigate patch: one job, one waiter. notify_all woke every idle IO thread
+        // (seven) for each log write, and all but one went back to sleep.
+        self.cv.notify_one();
 
         len
     }
