@@ -4,6 +4,7 @@
 #   sudo bench/compare.sh                # build, then ceiling + phigate/postfix alternating
 #   sudo bench/compare.sh --rss100       # the same with 100 concurrent sessions (peak RSS)
 #   sudo bench/compare.sh --big          # phigate: memory while relaying 25 MB messages
+#   sudo bench/compare.sh --big20        # ... 20 of them at once, one per session
 #   sudo bench/compare.sh --idle         # phigate: RSS with 10,000 idle TLS sessions (bench/idle.sh)
 #   sudo bench/compare.sh --phigate-only # phigate runs alone, with perf stat (for profiling work)
 #   ATTACH=pdf sudo bench/compare.sh     # the attachment is a real text PDF (DLP extracts it)
@@ -43,13 +44,14 @@ DLP=${DLP:-1}                    # 1: phigate loads conf/policy.toml ([dlp] moni
 PHIGATE_LOG=${PHIGATE_LOG:-info}   # phigate log level (info logs each message, as Postfix does)
 NO_BUILD=${NO_BUILD:-0}
 IDLE_SESSIONS=${IDLE_SESSIONS:-10000}; IDLE_SECS=${IDLE_SECS:-20}
-BIG_SIZE=${BIG_SIZE:-25000000}; BIG_MESSAGES=${BIG_MESSAGES:-3}
+BIG_SIZE=${BIG_SIZE:-25000000}; BIG_MESSAGES=${BIG_MESSAGES:-3}; BIG_SESSIONS=${BIG_SESSIONS:-1}
 PY=${PY:-python3}
 MODE=compare
 while [ $# -gt 0 ]; do
   case "$1" in
     --rss100) MODE=compare; SESSIONS=100; MESSAGES=${MESSAGES_100:-3000} ;;
     --big) MODE=big ;;
+    --big20) MODE=big; BIG_SESSIONS=20; BIG_MESSAGES=20 ;;
     --idle) MODE=idle ;;
     --phigate-only) MODE=phigate ;;
     --api) MODE=api ;;
@@ -343,11 +345,11 @@ idle)
 big)
   start_phigate
   before=$(rss_kb "$PHIGATE_PID")
-  log "relaying $BIG_MESSAGES messages of $BIG_SIZE bytes through phigate"
-  SESSIONS=1 MESSAGES=$BIG_MESSAGES SIZE=$BIG_SIZE
+  log "relaying $BIG_MESSAGES messages of $BIG_SIZE bytes through phigate, $BIG_SESSIONS at a time"
+  SESSIONS=$BIG_SESSIONS MESSAGES=$BIG_MESSAGES SIZE=$BIG_SIZE
   measure big-25m phigate "$PHIGATE_PID" "$PHIGATE_PORT" implicit relay.perf.test
   hwm=$(hwm_kb "$PHIGATE_PID")
-  echo "phigate_big_message_bytes=$BIG_SIZE rss_before_mb=$((before / 1024)) peak_rss_mb=$((hwm / 1024)) growth_x_message=$(awk -v a="$hwm" -v b="$before" -v s="$BIG_SIZE" 'BEGIN{printf "%.2f", (a-b)*1024/s}')"
+  echo "phigate_big_message_bytes=$BIG_SIZE sessions=$BIG_SESSIONS rss_before_mb=$((before / 1024)) peak_rss_mb=$((hwm / 1024)) growth_x_message=$(awk -v a="$hwm" -v b="$before" -v s="$BIG_SIZE" 'BEGIN{printf "%.2f", (a-b)*1024/s}')"
   ;;
 phigate)
   start_phigate
@@ -356,7 +358,7 @@ phigate)
   warmup phigate "$gp" "$PHIGATE_PID"
   for i in $(seq 1 "$REPEAT"); do
     if command -v perf >/dev/null; then
-      if [ -n "${PERF_RECORD:-}" ]; then perf record -F 999 -g -p "$PHIGATE_PID" -o "$RES/perf-$i.data" 2>/dev/null &
+      if [ -n "${PERF_RECORD:-}" ]; then perf record -F 999 --call-graph "${PERF_CALLGRAPH:-fp}" -p "$PHIGATE_PID" -o "$RES/perf-$i.data" 2>/dev/null &
       else perf stat -e task-clock,context-switches,cpu-migrations,syscalls:sys_enter_sync_file_range,syscalls:sys_enter_futex,syscalls:sys_enter_sched_yield,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p "$PHIGATE_PID" -o "$RES/perf-stat-$i.txt" & fi
       PERF=$!
     fi
