@@ -15,16 +15,17 @@ use phigate::types::{now_secs, Envelope, MailParams, MessageId, Recipient};
 /// Both tests fill the same small filesystem, so they take turns.
 static SMALL_FS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn small_fs() -> Option<PathBuf> {
-    let root = std::env::var_os("PHIGATE_SMALL_FS").map(PathBuf::from);
-    if root.is_none() {
+/// The small filesystem, held for this test alone; None (SKIP) when none is given.
+async fn small_fs() -> Option<(PathBuf, tokio::sync::MutexGuard<'static, ()>)> {
+    let Some(root) = std::env::var_os("PHIGATE_SMALL_FS").map(PathBuf::from) else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "PHIGATE_SMALL_FS is not set (CI=true): the disk-full test needs a small filesystem"
         );
         eprintln!("SKIP: PHIGATE_SMALL_FS not set; the disk-full test needs a small filesystem");
-    }
-    root
+        return None;
+    };
+    Some((root, SMALL_FS.lock().await))
 }
 
 fn envelope() -> Envelope {
@@ -46,10 +47,9 @@ fn envelope() -> Envelope {
 #[tokio::test]
 #[ignore = "needs PHIGATE_SMALL_FS pointing at a small filesystem"]
 async fn full_disk_gives_io_error_and_recovers() {
-    let Some(root) = small_fs() else {
+    let Some((root, _turn)) = small_fs().await else {
         return;
     };
-    let _turn = SMALL_FS.lock().await;
     let dir = root.join("spool");
     let _ = std::fs::remove_dir_all(&dir);
     let spool = Spool::open(&dir, Keyring::generate()).expect("open");
@@ -99,10 +99,9 @@ async fn full_disk_gives_io_error_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PHIGATE_SMALL_FS pointing at a small filesystem"]
 async fn concurrent_audited_writers_on_a_full_disk_never_hang() {
-    let Some(root) = small_fs() else {
+    let Some((root, _turn)) = small_fs().await else {
         return;
     };
-    let _turn = SMALL_FS.lock().await;
     let dir = root.join("spool-concurrent");
     let _ = std::fs::remove_dir_all(&dir);
     let ring =
@@ -133,12 +132,9 @@ async fn concurrent_audited_writers_on_a_full_disk_never_hang() {
             panic!("writer {w}: the small filesystem never filled");
         })
     });
-    let all = tokio::time::timeout(
-        Duration::from_secs(120),
-        futures_join_all(writers.collect()),
-    )
-    .await
-    .expect("a writer hung on the full disk");
+    let all = tokio::time::timeout(Duration::from_secs(120), join_writers(writers.collect()))
+        .await
+        .expect("a writer hung on the full disk");
     let mut accepted = Vec::new();
     for (mut ok, err) in all {
         assert!(matches!(err, SpoolError::Io(_)), "{err:?}");
@@ -178,7 +174,7 @@ async fn concurrent_audited_writers_on_a_full_disk_never_hang() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn futures_join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+async fn join_writers<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.expect("writer panicked"));
